@@ -1,0 +1,1 @@
+"""Built-in vcrd divergences (a separate distribution using only the public plugin API)."""

@@ -1,0 +1,60 @@
+"""vcrd: Validity-Calibrated Reasoning Distillation — the core engine.
+
+Stable public API: :func:`available`, :func:`create`, the component base classes and the kinds.
+"""
+
+from __future__ import annotations
+
+from vcrd_core.component import (
+    Component,
+    ComponentSpec,
+    DivergenceSpec,
+    EvaluatorSpec,
+    GeneratorSpec,
+    JudgeSpec,
+    WeightingSpec,
+)
+from vcrd_core.divergence import Divergence
+from vcrd_core.errors import ConfigError, ParamError, PluginError, VcrdError
+from vcrd_core.hookspecs import hookimpl
+from vcrd_core.judge import Judge, JudgeContext, JudgeRequest, JudgeScores, Need, Stream, TokenJudge
+from vcrd_core.kinds import DIVERGENCES, EVALUATORS, GENERATORS, JUDGES, KINDS, WEIGHTING
+from vcrd_core.plugins import PLUGIN_API_VERSION
+from vcrd_core.registry import available, create
+from vcrd_core.weighting import WeightingRule
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DIVERGENCES",
+    "EVALUATORS",
+    "GENERATORS",
+    "JUDGES",
+    "KINDS",
+    "PLUGIN_API_VERSION",
+    "WEIGHTING",
+    "Component",
+    "ComponentSpec",
+    "ConfigError",
+    "Divergence",
+    "DivergenceSpec",
+    "EvaluatorSpec",
+    "GeneratorSpec",
+    "Judge",
+    "JudgeContext",
+    "JudgeRequest",
+    "JudgeScores",
+    "JudgeSpec",
+    "Need",
+    "ParamError",
+    "PluginError",
+    "Stream",
+    "TokenJudge",
+    "VcrdError",
+    "WeightingRule",
+    "WeightingSpec",
+    "__version__",
+    "available",
+    "create",
+    "hookimpl",
+]

@@ -1,0 +1,171 @@
+"""The one plugin manager: entry points of group ``vcrd`` loaded lazily, once.
+
+Every plugin — built-in or third-party — is a module named by an entry point in the ``vcrd`` group
+that declares ``VCRD_PLUGIN_API`` and implements ``vcrd_*`` hooks. A plugin that fails to import,
+declares another API version or implements an unknown hook is skipped with a recorded
+:class:`LoadFailure`; the other plugins still load.
+
+Environment (keeps tests and ablations hermetic, like ``LLM_LOAD_PLUGINS``):
+
+* ``VCRD_PLUGINS``: comma-separated entry-point or distribution names; when set, only those load
+  (empty string: none).
+* ``VCRD_DISABLE_PLUGINS``: comma-separated names that never load.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import threading
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import pluggy
+
+from vcrd_core import hookspecs
+
+#: The plugin API this core provides. A plugin states the API it was built for as ``VCRD_PLUGIN_API``.
+PLUGIN_API_VERSION = 1
+ENTRY_POINT_GROUP = hookspecs.PROJECT
+ENV_ALLOW = "VCRD_PLUGINS"
+ENV_BLOCK = "VCRD_DISABLE_PLUGINS"
+IN_PROCESS = "<in-process>"
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """Where a registered plugin came from."""
+
+    name: str
+    distribution: str
+    version: str
+
+
+@dataclass(frozen=True)
+class LoadFailure:
+    """A plugin that did not load, and why (one line)."""
+
+    entry_point: str
+    distribution: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"plugin '{self.entry_point}' (distribution {self.distribution}) not loaded: {self.message}"
+
+
+class _State:
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.infos: dict[str, PluginInfo] = {}
+        self.failures: list[LoadFailure] = []
+
+
+_state: _State | None = None
+_lock = threading.Lock()
+
+
+def _names(env: str) -> set[str] | None:
+    value = os.environ.get(env)
+    if value is None:
+        return None
+    return {part.strip() for part in value.split(",") if part.strip()}
+
+
+def _dist_of(ep: importlib.metadata.EntryPoint) -> tuple[str, str]:
+    dist = ep.dist
+    if dist is None:
+        return ("<unknown distribution>", "")
+    return (dist.metadata["Name"] or "<unknown distribution>", dist.version or "")
+
+
+def _check_api(module: ModuleType) -> str | None:
+    declared = getattr(module, "VCRD_PLUGIN_API", None)
+    if declared is None:
+        return (
+            f"module {module.__name__} does not declare VCRD_PLUGIN_API "
+            f"(this vcrd provides plugin API {PLUGIN_API_VERSION})"
+        )
+    if declared != PLUGIN_API_VERSION:
+        return (
+            f"built for vcrd plugin API {declared!r}, but this vcrd provides plugin API "
+            f"{PLUGIN_API_VERSION}; install a release of the plugin built for API {PLUGIN_API_VERSION}"
+        )
+    return None
+
+
+def _load(state: _State) -> None:
+    allow, block = _names(ENV_ALLOW), _names(ENV_BLOCK) or set()
+    eps = sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
+    for ep in eps:
+        dist, version = _dist_of(ep)
+        if ep.name in block or dist in block:
+            continue
+        if allow is not None and ep.name not in allow and dist not in allow:
+            continue
+        if state.pm.get_plugin(ep.name) is not None:
+            other = state.infos.get(ep.name)
+            where = other.distribution if other else IN_PROCESS
+            state.failures.append(
+                LoadFailure(ep.name, dist, f"entry point name already used by distribution {where}")
+            )
+            continue
+        try:
+            module = ep.load()
+        except Exception as exc:  # a broken third-party plugin must not take the others down
+            msg = f"import of '{ep.value}' failed: {type(exc).__name__}: {exc}".splitlines()[0]
+            state.failures.append(LoadFailure(ep.name, dist, msg))
+            continue
+        problem = _check_api(module) if isinstance(module, ModuleType) else None
+        if problem:
+            state.failures.append(LoadFailure(ep.name, dist, problem))
+            continue
+        try:
+            state.pm.register(module, name=ep.name)
+            state.pm.check_pending()
+        except Exception as exc:
+            if state.pm.is_registered(module):
+                state.pm.unregister(module)
+            state.failures.append(LoadFailure(ep.name, dist, str(exc).splitlines()[0]))
+            continue
+        state.infos[ep.name] = PluginInfo(ep.name, dist, version)
+
+
+def _get_state() -> _State:
+    global _state
+    with _lock:
+        if _state is None:
+            state = _State()
+            _load(state)
+            _state = state
+        return _state
+
+
+def get_plugin_manager() -> pluggy.PluginManager:
+    """The process-wide plugin manager, entry points loaded on first use.
+
+    Tests may ``register(obj, name=...)`` in-process plugins on it and unregister them afterwards;
+    registries notice the change.
+    """
+    return _get_state().pm
+
+
+def load_failures() -> list[LoadFailure]:
+    """Plugins that were found but not loaded, in entry-point order."""
+    return list(_get_state().failures)
+
+
+def plugin_info(plugin: Any) -> PluginInfo:
+    """The distribution that provided a registered plugin object (``<in-process>`` for test fakes)."""
+    state = _get_state()
+    name = state.pm.get_name(plugin) or IN_PROCESS
+    return state.infos.get(name) or PluginInfo(name, IN_PROCESS, "")
+
+
+def reset() -> None:
+    """Forget the loaded plugins; the next use loads entry points again (tests use this after
+    changing ``VCRD_PLUGINS`` or installing a distribution)."""
+    global _state
+    with _lock:
+        _state = None
