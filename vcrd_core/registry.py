@@ -69,7 +69,7 @@ def entries(kind: str) -> dict[str, Entry]:
         return cached[1]
     hook = getattr(pm.hook, f"vcrd_register_{kind}")
     found: dict[str, Entry] = {}
-    for impl in reversed(hook.get_hookimpls()):  # registration order
+    for impl in hook.get_hookimpls():  # registration order
         info = plugin_info(impl.plugin)
         for cls in impl.function() or []:
             _check_class(kind, cls, info)

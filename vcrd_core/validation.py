@@ -66,7 +66,7 @@ def _describe(error: dict[str, Any], model: type[BaseModel] | None) -> str:
         return f"missing required field '{loc[-1]}'" if loc else "missing required field"
     msg = str(error.get("msg", "invalid value"))
     msg = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
-    if "input" in error and kind not in ("model_type", "dict_type"):
+    if "input" in error and not isinstance(error["input"], dict) and kind not in ("model_type", "dict_type"):
         got = error["input"]
         shown = repr(got)
         if len(shown) > 60:

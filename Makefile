@@ -1,0 +1,40 @@
+# vcrd: `make test` and `make demo` set everything up (idempotently) and run.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.vcrd-installed
+DISTS := -e '.[dev]' -e plugins/divergences -e plugins/weighting -e plugins/judges
+PYTEST_ARGS ?=
+
+.PHONY: setup test lint demo bench clean
+
+setup: $(STAMP)
+
+# Re-installs when a project file or the pins change. torch is pinned to the CPU build on these
+# machines' disk (constraints.txt); a bare `torch` could pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml plugins/*/pyproject.toml constraints.txt Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints.txt "setuptools>=68" wheel
+	$(PIP) install -q -c constraints.txt --no-build-isolation $(DISTS)
+	touch $(STAMP)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: setup lint
+	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -n 2 --dist loadfile -q $(PYTEST_ARGS)
+
+demo: setup
+	@echo "vcrd demo: not yet available (the embedded CPU demo lands with the demo issue)."
+	@echo "Meanwhile: $(VENV)/bin/vcrd plugins; $(VENV)/bin/vcrd config validate examples/configs/qwen25_math_table9.yaml"
+	$(VENV)/bin/vcrd plugins
+	$(VENV)/bin/vcrd config validate examples/configs/qwen25_math_table9.yaml
+
+bench: setup
+	$(PY) benchmarks/bench_chunked_loss.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

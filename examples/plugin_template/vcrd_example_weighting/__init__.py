@@ -1,0 +1,1 @@
+"""Template of a third-party vcrd plugin distribution."""

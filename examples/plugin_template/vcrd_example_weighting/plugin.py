@@ -1,0 +1,39 @@
+"""A third-party weighting rule, registered exactly as the built-in ones are.
+
+``tempered_ratio``: ``w = (r_s / (r_t + ε))^γ`` — VCRD's ratio rule (paper Eq. 1) with its dynamic
+range compressed (γ < 1) or sharpened (γ > 1); ``γ = 1`` is ``ratio``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+import vcrd_core
+
+#: The plugin API this plugin was written against; vcrd refuses the plugin if it provides another.
+VCRD_PLUGIN_API = 1
+
+
+class TemperedRatio(vcrd_core.WeightingRule):
+    """Tempered validity ratio: w = (r_s / (r_t + eps)) ** gamma."""
+
+    name: ClassVar[str] = "tempered_ratio"
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        gamma: float = Field(0.5, gt=0, description="Exponent; 1 gives the plain ratio.")
+        eps: float = Field(1e-8, gt=0, description="Smoothing of the denominator (paper: 1e-8).")
+
+    def weight(self, r_student: torch.Tensor, r_teacher: torch.Tensor) -> torch.Tensor:
+        return (r_student / (r_teacher + self.params.eps)) ** self.params.gamma
+
+    def may_be_nonpositive(self) -> bool:
+        return False  # zero only when r_s = 0, like `ratio`
+
+
+@vcrd_core.hookimpl
+def vcrd_register_weighting() -> list[type[vcrd_core.WeightingRule]]:
+    return [TemperedRatio]

@@ -1,0 +1,53 @@
+"""``vcrd`` command line: one module per subcommand under :mod:`vcrd_core.commands`.
+
+A user's mistake (:class:`vcrd_core.errors.VcrdError`) prints one line on stderr and exits 2, with no
+traceback; ``VCRD_DEBUG=1`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+from vcrd_core import __version__
+from vcrd_core.errors import VcrdError
+
+#: Subcommand modules in ``vcrd --help`` order.
+COMMANDS: tuple[str, ...] = ("plugins", "config", "analyze")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vcrd",
+        description="Validity-Calibrated Reasoning Distillation: judge-weighted skew-KL distillation of LMs.",
+    )
+    parser.add_argument("--version", action="version", version=f"vcrd {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"vcrd_core.commands.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except VcrdError as exc:
+        if os.environ.get("VCRD_DEBUG"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""``vcrd config validate|show|schema``: static checks of run configs (never loads a model or a path)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import yaml
+
+from vcrd_core.config.loader import load_config, resolved_dict, validate_components
+from vcrd_core.config.schema import config_schema
+
+
+def _validate(args: argparse.Namespace) -> int:
+    config = load_config(args.file, args.set)
+    n = len(validate_components(config))
+    print(f"{args.file}: valid ({n} components; scoring mode {config.scoring.mode})")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    config = load_config(args.file, args.set)
+    print(yaml.safe_dump(resolved_dict(config), sort_keys=False), end="")
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    text = json.dumps(config_schema(), indent=2)
+    if args.output:
+        Path(args.output).write_text(text + "\n", encoding="utf-8")
+        print(f"wrote {args.output}")
+    else:
+        print(text)
+    return 0
+
+
+def _add_file_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", help="run config (YAML)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="override one value, e.g. --set objective.teacher_prefix.lambda=2 (repeatable; VALUE is YAML)",
+    )
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("config", help="validate, show or export the schema of run configs")
+    csub = parser.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
+    v = csub.add_parser(
+        "validate",
+        help="check a config statically (no model is loaded, no path is touched)",
+        description="Validate a run config in two phases (structure, then each component's params).",
+    )
+    _add_file_args(v)
+    v.set_defaults(func=_validate)
+    s = csub.add_parser("show", help="print the resolved config with every default filled in")
+    _add_file_args(s)
+    s.set_defaults(func=_show)
+    j = csub.add_parser("schema", help="export the JSON Schema of run configs (reflects the installed plugins)")
+    j.add_argument("-o", "--output", help="write to this file instead of stdout")
+    j.set_defaults(func=_schema)

@@ -1,0 +1,166 @@
+"""The pydantic models of a whole run (phase one of validation).
+
+Components appear as ``{name, params}`` blocks (:class:`vcrd_core.ComponentSpec` subclasses); their
+params are validated in phase two against the named plugin's own ``Params``
+(:func:`vcrd_core.config.loader.validate_components`). Defaults follow the paper's Table 9 where it has one.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from vcrd_core.component import DivergenceSpec, EvaluatorSpec, GeneratorSpec, JudgeSpec, WeightingSpec
+
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+Proposal = Literal["sample", "greedy"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ModelSpec(Section):
+    path: str = Field(description="Local directory of an HF-format model (no download happens at run time).")
+    dtype: Dtype = "bfloat16"
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = None
+
+
+class ModelsConfig(Section):
+    teacher: ModelSpec
+    student: ModelSpec
+    tokenizer: str | None = Field(None, description="Tokenizer directory; default: the student's path.")
+
+
+class DataConfig(Section):
+    train: str = Field(description="Training prompts (JSONL with a prompt field).")
+    eval: str | None = None
+    prompt_field: str = "prompt"
+    max_prompt_length: int = Field(512, gt=0)
+    max_length: int = Field(1024, gt=0)
+    num_prompts: int | None = Field(None, gt=0, description="Use only the first N prompts.")
+
+    @model_validator(mode="after")
+    def _lengths(self) -> DataConfig:
+        if self.max_prompt_length >= self.max_length:
+            raise ValueError(
+                f"max_prompt_length ({self.max_prompt_length}) must be smaller than max_length ({self.max_length})"
+            )
+        return self
+
+
+class RolloutsConfig(Section):
+    backend: Literal["vllm", "hf"] = Field("vllm", description="vLLM, or HF generate as the fallback.")
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(512, gt=0)
+    samples_per_prompt: int = Field(1, gt=0)
+    teacher: bool = Field(True, description="Generate teacher rollouts (teacher-prefix stream).")
+    student: bool = Field(True, description="Generate student rollouts (student-prefix stream).")
+    generator: GeneratorSpec | None = None
+
+
+class ProposalsConfig(Section):
+    """How the *other* model proposes at a rollout's prefix (SPEC "Proposals"; paper §2.1 samples)."""
+
+    teacher: Proposal = Field("sample", description="The teacher's proposal a^T on the student prefix.")
+    student: Proposal = Field("sample", description="The student's proposal a^S on the teacher prefix.")
+
+
+class ScoringConfig(Section):
+    mode: Literal["online", "offline"] = Field(
+        "online", description="online: judge each step with the current student (Alg. 1); offline: once, at rollout."
+    )
+    cache_static: bool = Field(True, description="Cache online scores that do not depend on the student.")
+
+
+class StreamConfig(Section):
+    enabled: bool = True
+    lam: float = Field(1.0, ge=0, alias="lambda", description="λ of this stream (Eq. 4).")
+    divergence: DivergenceSpec
+    weighting: WeightingSpec | None = Field(None, description="Overrides the run's weighting rule.")
+    judge: JudgeSpec | None = Field(None, description="Overrides the run's judge.")
+
+
+def _stream(divergence: str) -> StreamConfig:
+    return StreamConfig(divergence=DivergenceSpec(name=divergence))
+
+
+class ObjectiveConfig(Section):
+    reduction: Literal["sequence_mean", "sequence_sum", "token_mean"] = "sequence_mean"
+    temperature: float = Field(1.0, gt=0, description="Softmax temperature τ of both models in the divergence.")
+    chunk_size: int | None = Field(None, gt=0, description="Decision points per chunk of the loss (None: auto).")
+    weight_warn_max: float = Field(100.0, gt=0, description="Warn when a weight exceeds this.")
+    teacher_prefix: StreamConfig = Field(default_factory=lambda: _stream("skl"))
+    student_prefix: StreamConfig = Field(default_factory=lambda: _stream("srkl"))
+
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class LoraConfig(Section):
+    enabled: bool = True
+    r: int = Field(16, gt=0)
+    alpha: float = Field(128, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: list(LORA_TARGETS))
+
+
+class TrainingConfig(Section):
+    learning_rate: float = Field(5e-5, gt=0)
+    epochs: int = Field(2, gt=0)
+    max_steps: int | None = Field(None, gt=0)
+    per_device_batch_size: int = Field(1, gt=0)
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    mixed_precision: Literal["no", "bf16", "fp16"] = "bf16"
+    gradient_checkpointing: bool = False
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    logging_steps: int = Field(10, gt=0)
+    save_steps: int | None = Field(None, gt=0)
+    accelerate_config: str | None = Field(None, description="An accelerate config file (DDP, FSDP, DeepSpeed).")
+
+
+class EvaluationConfig(Section):
+    evaluators: list[EvaluatorSpec] = Field(default_factory=list)
+    max_new_tokens: int = Field(512, gt=0)
+    every_steps: int | None = Field(None, gt=0)
+
+
+class OutputConfig(Section):
+    dir: str = "runs/vcrd"
+    overwrite: bool = False
+
+
+class RunConfig(Section):
+    """A whole vcrd run: rollouts → scoring → training → evaluation."""
+
+    name: str = "vcrd"
+    seed: int = 0
+    models: ModelsConfig
+    data: DataConfig
+    rollouts: RolloutsConfig = Field(default_factory=RolloutsConfig)
+    proposals: ProposalsConfig = Field(default_factory=ProposalsConfig)
+    judge: JudgeSpec | None = Field(None, description="The validity judge; required unless every weighting is constant.")
+    weighting: WeightingSpec = Field(default_factory=lambda: WeightingSpec(name="ratio"))
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _some_stream(self) -> RunConfig:
+        streams = (self.objective.teacher_prefix, self.objective.student_prefix)
+        if not any(s.enabled and s.lam > 0 for s in streams):
+            raise ValueError("objective: at least one stream must be enabled with lambda > 0")
+        return self
+
+    def streams(self) -> dict[str, StreamConfig]:
+        """The enabled streams by name (``teacher_prefix``, ``student_prefix``)."""
+        o = self.objective
+        return {k: s for k, s in (("teacher_prefix", o.teacher_prefix), ("student_prefix", o.student_prefix)) if s.enabled}

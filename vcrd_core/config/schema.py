@@ -1,0 +1,75 @@
+"""JSON Schema of a run config for editor completion, reflecting the installed plugins.
+
+Each ``{name, params}`` block becomes a ``oneOf`` over the installed components of its kind, each with
+``name`` fixed and ``params`` the component's own ``Params`` schema.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vcrd_core import kinds as K
+from vcrd_core.config.models import RunConfig
+from vcrd_core.registry import entries
+
+SPEC_CLASSES: dict[str, str] = {
+    K.DIVERGENCES: "DivergenceSpec",
+    K.WEIGHTING: "WeightingSpec",
+    K.JUDGES: "JudgeSpec",
+    K.EVALUATORS: "EvaluatorSpec",
+    K.GENERATORS: "GeneratorSpec",
+}
+
+
+def _rename_defs(schema: Any, mapping: dict[str, str]) -> Any:
+    if isinstance(schema, dict):
+        out = {}
+        for key, value in schema.items():
+            if key == "$ref" and isinstance(value, str) and value.startswith("#/$defs/"):
+                ref = value.removeprefix("#/$defs/")
+                out[key] = f"#/$defs/{mapping.get(ref, ref)}"
+            else:
+                out[key] = _rename_defs(value, mapping)
+        return out
+    if isinstance(schema, list):
+        return [_rename_defs(v, mapping) for v in schema]
+    return schema
+
+
+def _component_schema(kind: str, defs: dict[str, Any]) -> dict[str, Any]:
+    options = []
+    for name, entry in sorted(entries(kind).items()):
+        params = entry.cls.Params.model_json_schema(by_alias=True)
+        nested = params.pop("$defs", {})
+        # Nested component specs point at the shared oneOf definitions; other nested models are namespaced.
+        mapping = {d: d if d in SPEC_CLASSES.values() else f"{kind}.{name}.{d}" for d in nested}
+        for d, sub in nested.items():
+            if d not in SPEC_CLASSES.values():
+                defs[mapping[d]] = _rename_defs(sub, mapping)
+        params = _rename_defs(params, mapping)
+        params.pop("title", None)
+        options.append(
+            {
+                "type": "object",
+                "title": f"{name} ({entry.provider.distribution})",
+                "description": entry.summary,
+                "properties": {"name": {"const": name}, "params": params},
+                "required": ["name"],
+                "additionalProperties": False,
+            }
+        )
+    if not options:
+        return {"type": "object", "description": f"no {K.SINGULAR[kind]} is installed", "not": {}}
+    return {"oneOf": options, "description": f"A {K.SINGULAR[kind]}: {{name, params}}."}
+
+
+def config_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of :class:`RunConfig` with the installed components."""
+    schema = RunConfig.model_json_schema(by_alias=True)
+    defs = schema.setdefault("$defs", {})
+    for kind, cls_name in SPEC_CLASSES.items():
+        defs[cls_name] = _component_schema(kind, defs)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "vcrd run config"
+    return schema
+
