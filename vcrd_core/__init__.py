@@ -19,6 +19,15 @@ from vcrd_core.errors import ConfigError, ParamError, PluginError, VcrdError
 from vcrd_core.hookspecs import hookimpl
 from vcrd_core.judge import Judge, JudgeContext, JudgeRequest, JudgeScores, Need, Stream, TokenJudge
 from vcrd_core.kinds import DIVERGENCES, EVALUATORS, GENERATORS, JUDGES, KINDS, WEIGHTING
+from vcrd_core.objective import (
+    ObjectiveOutput,
+    Reduction,
+    StreamInputs,
+    StreamLoss,
+    VCRDObjective,
+    VcrdWeightWarning,
+    decision_mask,
+)
 from vcrd_core.plugins import PLUGIN_API_VERSION
 from vcrd_core.registry import available, create
 from vcrd_core.weighting import WeightingRule
@@ -46,15 +55,22 @@ __all__ = [
     "JudgeScores",
     "JudgeSpec",
     "Need",
+    "ObjectiveOutput",
     "ParamError",
     "PluginError",
+    "Reduction",
     "Stream",
+    "StreamInputs",
+    "StreamLoss",
     "TokenJudge",
+    "VCRDObjective",
     "VcrdError",
+    "VcrdWeightWarning",
     "WeightingRule",
     "WeightingSpec",
     "__version__",
     "available",
     "create",
+    "decision_mask",
     "hookimpl",
 ]

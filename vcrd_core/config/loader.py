@@ -87,13 +87,15 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
     return data, locations
 
 
-def _merge(base: Any, over: Any) -> Any:
+def _merge(base: Any, over: Any, top: bool = True) -> Any:
+    """Deep merge; below the top level (whose ``name`` is the run's name), a mapping whose ``name``
+    differs from the base's is a different component and replaces it whole."""
     if isinstance(base, dict) and isinstance(over, dict):
-        if "name" in over and "name" in base and over["name"] != base["name"]:
+        if not top and "name" in over and "name" in base and over["name"] != base["name"]:
             return copy.deepcopy(over)
         merged = copy.deepcopy(base)
         for key, value in over.items():
-            merged[key] = _merge(merged[key], value) if key in merged else copy.deepcopy(value)
+            merged[key] = _merge(merged[key], value, top=False) if key in merged else copy.deepcopy(value)
         return merged
     return copy.deepcopy(over)
 
@@ -214,13 +216,11 @@ def validate_components(config: RunConfig) -> dict[str, Any]:
     for path, spec in _walk_specs(config, ""):
         assert spec.kind is not None
         instances[path] = create(spec.kind, spec.name, spec.params, path=path)
-    judge_free = [p for p, c in instances.items() if p.endswith("weighting") and not getattr(c, "uses_scores", True)]
     needs_judge = []
     for name, stream in config.streams().items():
-        weighting_path = f"objective.{name}.weighting" if stream.weighting else "weighting"
-        judge = stream.judge or config.judge
-        if judge is None and weighting_path not in judge_free:
-            needs_judge.append((name, instances[weighting_path].name))
+        rule = instances[f"objective.{name}.weighting" if stream.weighting else "weighting"]
+        if (stream.judge or config.judge) is None and rule.uses_scores():
+            needs_judge.append((name, rule.name))
     if needs_judge:
         stream, rule = needs_judge[0]
         raise ConfigError(

@@ -78,7 +78,10 @@ class ScoringConfig(Section):
 class StreamConfig(Section):
     enabled: bool = True
     lam: float = Field(1.0, ge=0, alias="lambda", description="λ of this stream (Eq. 4).")
-    divergence: DivergenceSpec
+    divergence: DivergenceSpec = Field(
+        None,  # type: ignore[assignment]  # filled in by ObjectiveConfig: skl / srkl by stream
+        description="Default: skl on the teacher prefix, srkl on the student prefix (Eq. 2).",
+    )
     weighting: WeightingSpec | None = Field(None, description="Overrides the run's weighting rule.")
     judge: JudgeSpec | None = Field(None, description="Overrides the run's judge.")
 
@@ -94,6 +97,13 @@ class ObjectiveConfig(Section):
     weight_warn_max: float = Field(100.0, gt=0, description="Warn when a weight exceeds this.")
     teacher_prefix: StreamConfig = Field(default_factory=lambda: _stream("skl"))
     student_prefix: StreamConfig = Field(default_factory=lambda: _stream("srkl"))
+
+    @model_validator(mode="after")
+    def _default_divergences(self) -> ObjectiveConfig:
+        for stream, default in ((self.teacher_prefix, "skl"), (self.student_prefix, "srkl")):
+            if stream.divergence is None:
+                stream.divergence = DivergenceSpec(name=default)
+        return self
 
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
