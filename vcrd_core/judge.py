@@ -84,6 +84,10 @@ class Judge(Component):
 
     kind: ClassVar[str] = K.JUDGES
     needs: ClassVar[frozenset[Need]] = frozenset({Need.TOKEN_IDS})
+    #: Whether ``r_t`` scores the teacher's proposed token, so that where both proposals are the same
+    #: token the point is parity (``w = 1``) by definition. False for judges whose ``r_t`` is a baseline
+    #: that involves no teacher proposal (``teacher_likelihood``): callers then pass ``same_token=None``.
+    parity_on_same_token: ClassVar[bool] = True
 
     def load(self, context: JudgeContext) -> None:
         """Receive run-time context (load weights, move to a device). Default: nothing to load."""
