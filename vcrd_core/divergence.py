@@ -28,17 +28,20 @@ class Divergence(Component):
         teacher_logits: torch.Tensor,
         student_logits: torch.Tensor,
         *,
+        rows: torch.Tensor | None = None,
         vocab_size: int | None = None,
         temperature: float = 1.0,
         chunk_size: int | None = None,
     ) -> torch.Tensor:
-        """One value per row of ``[N, V]`` logits, float32, differentiable w.r.t. the student logits."""
+        """One value per row of ``[..., V]`` logits (or per selected flat row), float32, differentiable
+        w.r.t. the student logits; memory-bounded (see :func:`vcrd_core.chunked.chunked_divergence`)."""
         from vcrd_core.chunked import chunked_divergence
 
         return chunked_divergence(
             self,
             teacher_logits,
             student_logits,
+            rows=rows,
             vocab_size=vocab_size,
             temperature=temperature,
             chunk_size=chunk_size,
