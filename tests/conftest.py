@@ -53,7 +53,9 @@ def write_config(tmp_path: Path) -> Callable[..., Path]:
     return write
 
 
-def run_vcrd(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_vcrd(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run the installed ``vcrd`` console script in a real subprocess."""
     exe = shutil.which("vcrd", path=str(VENV_BIN)) or str(VENV_BIN / "vcrd")
     full_env = {**os.environ, **(env or {})}

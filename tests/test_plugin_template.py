@@ -34,14 +34,29 @@ def test_template_plugin_installs_lists_validates_and_weights(tmp_path: Path) ->
     py = venv / "bin" / "python"
     target_site = subprocess.run(
         [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     # Layer on .venv: `import site; site.addsitedir(...)` also runs .venv's editable-install .pth files.
-    Path(target_site, "_layer_on_dev_venv.pth").write_text(f"import site; site.addsitedir({site.getsitepackages()[0]!r})\n")
+    Path(target_site, "_layer_on_dev_venv.pth").write_text(
+        f"import site; site.addsitedir({site.getsitepackages()[0]!r})\n"
+    )
     install = subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-deps", "--no-build-isolation",
-         str(ROOT / "examples" / "plugin_template")],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(py),
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            str(ROOT / "examples" / "plugin_template"),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert install.returncode == 0, install.stderr
 
@@ -53,8 +68,12 @@ def test_template_plugin_installs_lists_validates_and_weights(tmp_path: Path) ->
     assert rules["ratio"]["distribution"] == "vcrd-weighting"  # the built-ins still load beside it
 
     config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({**MINIMAL_CONFIG, "weighting": {"name": "tempered_ratio", "params": {"gamma": 0.5}}}))
-    valid = subprocess.run([str(py), "-m", "vcrd_core.cli", "config", "validate", str(config)], capture_output=True, text=True)
+    config.write_text(
+        yaml.safe_dump({**MINIMAL_CONFIG, "weighting": {"name": "tempered_ratio", "params": {"gamma": 0.5}}})
+    )
+    valid = subprocess.run(
+        [str(py), "-m", "vcrd_core.cli", "config", "validate", str(config)], capture_output=True, text=True
+    )
     assert valid.returncode == 0, valid.stderr
 
     weights = subprocess.run([str(py), "-c", WEIGHTS_SCRIPT, str(config)], capture_output=True, text=True)

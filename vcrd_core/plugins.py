@@ -107,9 +107,7 @@ def _load(state: _State) -> None:
         if state.pm.get_plugin(ep.name) is not None:
             other = state.infos.get(ep.name)
             where = other.distribution if other else IN_PROCESS
-            state.failures.append(
-                LoadFailure(ep.name, dist, f"entry point name already used by distribution {where}")
-            )
+            state.failures.append(LoadFailure(ep.name, dist, f"entry point name already used by distribution {where}"))
             continue
         try:
             module = ep.load()

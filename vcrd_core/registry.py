@@ -49,7 +49,9 @@ def _check_class(kind: str, cls: Any, info: PluginInfo) -> None:
     base = _base_class(kind)
     who = f"plugin '{info.name}' (distribution {info.distribution})"
     if not (isinstance(cls, type) and issubclass(cls, base)):
-        raise PluginError(f"{who} registered {cls!r} as a {K.SINGULAR[kind]}, but it is not a subclass of {base.__name__}")
+        raise PluginError(
+            f"{who} registered {cls!r} as a {K.SINGULAR[kind]}, but it is not a subclass of {base.__name__}"
+        )
     name = getattr(cls, "name", None)
     if not isinstance(name, str) or not name:
         raise PluginError(f"{who} registered {cls.__name__} without a string `name`")

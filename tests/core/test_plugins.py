@@ -96,8 +96,15 @@ def test_two_distributions_registering_the_same_name_are_refused(tmp_path: Path,
     blocked = run_vcrd("plugins", "--json", env=env_with(tmp_path, VCRD_DISABLE_PLUGINS="twin-b"))
     assert blocked.returncode == 0, blocked.stderr
     twin = [d for d in json.loads(blocked.stdout)["components"]["weighting"] if d["name"] == "twin"]
-    assert twin == [{"name": "twin", "distribution": "twin-a", "version": "0.3", "plugin": "twin-a",
-                     "summary": "A rule that two distributions both call 'twin'."}]
+    assert twin == [
+        {
+            "name": "twin",
+            "distribution": "twin-a",
+            "version": "0.3",
+            "plugin": "twin-a",
+            "summary": "A rule that two distributions both call 'twin'.",
+        }
+    ]
 
 
 @pytest.mark.parametrize(
@@ -108,7 +115,9 @@ def test_two_distributions_registering_the_same_name_are_refused(tmp_path: Path,
         ({"VCRD_PLUGINS": ""}, False, False),
     ],
 )
-def test_allow_and_block_lists_select_plugins(env: dict[str, str], expect_divergences: bool, expect_weighting: bool) -> None:
+def test_allow_and_block_lists_select_plugins(
+    env: dict[str, str], expect_divergences: bool, expect_weighting: bool
+) -> None:
     result = run_vcrd("plugins", "--json", env=env)
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)

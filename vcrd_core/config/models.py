@@ -155,7 +155,9 @@ class RunConfig(Section):
     data: DataConfig
     rollouts: RolloutsConfig = Field(default_factory=RolloutsConfig)
     proposals: ProposalsConfig = Field(default_factory=ProposalsConfig)
-    judge: JudgeSpec | None = Field(None, description="The validity judge; required unless every weighting is constant.")
+    judge: JudgeSpec | None = Field(
+        None, description="The validity judge; required unless every weighting is constant."
+    )
     weighting: WeightingSpec = Field(default_factory=lambda: WeightingSpec(name="ratio"))
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
@@ -173,4 +175,6 @@ class RunConfig(Section):
     def streams(self) -> dict[str, StreamConfig]:
         """The enabled streams by name (``teacher_prefix``, ``student_prefix``)."""
         o = self.objective
-        return {k: s for k, s in (("teacher_prefix", o.teacher_prefix), ("student_prefix", o.student_prefix)) if s.enabled}
+        return {
+            k: s for k, s in (("teacher_prefix", o.teacher_prefix), ("student_prefix", o.student_prefix)) if s.enabled
+        }

@@ -72,4 +72,3 @@ def config_schema() -> dict[str, Any]:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "vcrd run config"
     return schema
-

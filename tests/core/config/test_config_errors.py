@@ -197,7 +197,9 @@ CLI_CASES = [CASES[0], CASES[6], CASES[10]]
 
 
 @pytest.mark.parametrize(("case", "data", "expected"), CLI_CASES, ids=[c[0] for c in CLI_CASES])
-def test_cli_refuses_bad_config_with_one_line_and_exit_code_2(case: str, data: Any, expected: str, write_config) -> None:
+def test_cli_refuses_bad_config_with_one_line_and_exit_code_2(
+    case: str, data: Any, expected: str, write_config
+) -> None:
     path = write_config(data)
     result = run_vcrd("config", "validate", str(path))
     assert result.returncode == 2

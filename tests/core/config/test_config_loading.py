@@ -1,0 +1,147 @@
+"""Loading configs: defaults, extends, --set, the resolved view and the JSON Schema."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from tests.conftest import MINIMAL_CONFIG, ROOT, run_vcrd
+from vcrd_core.config.loader import load_config, resolved_dict, validate_components
+from vcrd_core.config.schema import config_schema
+
+EXAMPLES = ROOT / "examples" / "configs"
+
+
+def test_minimal_config_gets_the_papers_defaults(write_config) -> None:
+    config = load_config(write_config(MINIMAL_CONFIG))
+    assert config.scoring.mode == "online"
+    assert config.objective.reduction == "sequence_mean"
+    assert config.objective.teacher_prefix.divergence.name == "skl"
+    assert config.objective.student_prefix.divergence.name == "srkl"
+    assert config.weighting.name == "ratio"
+    lora = config.training.lora
+    assert (lora.r, lora.alpha, lora.dropout) == (16, 128, 0.05)
+    assert config.proposals.teacher == config.proposals.student == "sample"
+
+
+def test_extends_merges_and_a_swapped_component_drops_the_old_params(write_config) -> None:
+    write_config(
+        {
+            **MINIMAL_CONFIG,
+            "objective": {"teacher_prefix": {"lambda": 2, "divergence": {"name": "skl", "params": {"alpha": 0.3}}}},
+        },
+        name="base.yaml",
+    )
+    child = write_config(
+        {
+            "extends": "base.yaml",
+            "objective": {"teacher_prefix": {"divergence": {"name": "jsd", "params": {"beta": 0.2}}}},
+        },
+        name="child.yaml",
+    )
+    config = load_config(child)
+    stream = config.objective.teacher_prefix
+    assert stream.lam == 2  # inherited
+    assert stream.divergence.name == "jsd"
+    assert stream.divergence.params == {"beta": 0.2}  # skl's alpha is not carried over to jsd
+
+
+def test_extends_keeps_base_params_when_the_component_is_the_same(write_config) -> None:
+    write_config(
+        {**MINIMAL_CONFIG, "weighting": {"name": "log_clamp", "params": {"gamma": 0.25, "hi": 4}}}, name="base.yaml"
+    )
+    child = write_config(
+        {"extends": "base.yaml", "weighting": {"name": "log_clamp", "params": {"hi": 3}}}, name="c.yaml"
+    )
+    assert load_config(child).weighting.params == {"gamma": 0.25, "hi": 3}
+
+
+def test_set_overrides_values_parsed_as_yaml(write_config) -> None:
+    path = write_config(MINIMAL_CONFIG)
+    config = load_config(
+        path,
+        [
+            "objective.student_prefix.lambda=1.5",
+            "scoring.mode=offline",
+            "training.lora.target_modules=[q_proj, v_proj]",
+            "objective.teacher_prefix.divergence={name: skl, params: {alpha: 0.2}}",
+        ],
+    )
+    assert config.objective.student_prefix.lam == 1.5
+    assert config.scoring.mode == "offline"
+    assert config.training.lora.target_modules == ["q_proj", "v_proj"]
+    assert config.objective.teacher_prefix.divergence.params == {"alpha": 0.2}
+
+
+def test_resolved_view_fills_in_every_components_defaults(write_config) -> None:
+    data = resolved_dict(load_config(write_config(MINIMAL_CONFIG)))
+    assert data["objective"]["teacher_prefix"]["divergence"]["params"] == {"alpha": 0.1}
+    assert data["objective"]["student_prefix"]["divergence"]["params"]["detach_mixture"] is True
+    assert data["weighting"]["params"] == {"eps": 1e-8}
+    assert data["objective"]["teacher_prefix"]["lambda"] == 1.0
+
+
+@pytest.mark.parametrize("name", ["qwen25_math_table9.yaml", "vcrd_prob.yaml"])
+def test_example_configs_validate_statically(name: str) -> None:
+    config = load_config(EXAMPLES / name)
+    components = validate_components(config)
+    assert config.training.lora.r == 16 and config.training.learning_rate == 5e-5
+    assert components["objective.teacher_prefix.divergence"].params.alpha == 0.1
+    # static: the placeholder model paths do not exist and were never touched
+    assert not Path(config.models.teacher.path).exists()
+
+
+def test_vcrd_prob_example_is_teacher_likelihood_with_log_clamp() -> None:
+    components = validate_components(load_config(EXAMPLES / "vcrd_prob.yaml"))
+    assert components["judge"].name == "teacher_likelihood"
+    rule = components["weighting"]
+    assert rule.name == "log_clamp"
+    assert (rule.params.gamma, rule.params.lo, rule.params.hi) == (0.5, 0.5, 2.0)
+
+
+def test_json_schema_lists_installed_components_and_accepts_the_examples() -> None:
+    schema = config_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    divergences = {o["properties"]["name"]["const"] for o in schema["$defs"]["DivergenceSpec"]["oneOf"]}
+    assert divergences == {"ab", "fkl", "jsd", "rkl", "skl", "srkl"}
+    validator = jsonschema.Draft202012Validator(schema)
+    for name in ("qwen25_math_table9.yaml",):
+        data = yaml.safe_load((EXAMPLES / name).read_text())
+        errors = sorted(validator.iter_errors(data), key=str)
+        assert errors == [], errors[0].message if errors else ""
+    bad = yaml.safe_load((EXAMPLES / "qwen25_math_table9.yaml").read_text())
+    bad["objective"]["teacher_prefix"]["divergence"]["params"]["alpha"] = 3
+    assert list(validator.iter_errors(bad)), "alpha = 3 must violate the exported schema"
+
+
+def test_cli_validate_show_and_schema(tmp_path: Path) -> None:
+    table9 = str(EXAMPLES / "qwen25_math_table9.yaml")
+    ok = run_vcrd("config", "validate", table9)
+    assert ok.returncode == 0 and "valid" in ok.stdout
+    shown = run_vcrd("config", "show", table9, "--set", "objective.teacher_prefix.lambda=3")
+    assert shown.returncode == 0, shown.stderr
+    assert yaml.safe_load(shown.stdout)["objective"]["teacher_prefix"]["lambda"] == 3.0
+    out = tmp_path / "schema.json"
+    exported = run_vcrd("config", "schema", "-o", str(out))
+    assert exported.returncode == 0, exported.stderr
+    assert json.loads(out.read_text())["title"] == "vcrd run config"
+
+
+@pytest.mark.parametrize(
+    "args", [[], ["plugins"], ["config"], ["config", "validate"], ["config", "show"], ["config", "schema"], ["analyze"]]
+)
+def test_every_command_has_help(args: list[str]) -> None:
+    result = run_vcrd(*args, "--help")
+    assert result.returncode == 0
+    assert result.stdout.startswith("usage: vcrd")
+
+
+def test_constant_weights_need_no_judge(write_config) -> None:
+    data = {k: v for k, v in MINIMAL_CONFIG.items() if k != "judge"}
+    data["weighting"] = {"name": "clamp", "params": {"inner": {"name": "constant"}, "max": 1}}
+    config = load_config(write_config(data))
+    assert config.judge is None
