@@ -16,7 +16,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml plugins/*/pyproject.toml constraints.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c constraints.txt "setuptools>=68" wheel
+	$(PIP) install -q -c constraints.txt "setuptools>=77" wheel
 	$(PIP) install -q -c constraints.txt --no-build-isolation $(DISTS)
 	touch $(STAMP)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import site
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import MINIMAL_CONFIG, ROOT
+from tests.conftest import BUILT_IN_PLUGINS, MINIMAL_CONFIG, ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -29,6 +30,7 @@ print(json.dumps({"rule": rule.name, "module": type(rule).__module__, "w": w.tol
 
 
 def test_template_plugin_installs_lists_validates_and_weights(tmp_path: Path) -> None:
+    env = {**os.environ, "VCRD_PLUGINS": f"{BUILT_IN_PLUGINS},vcrd-example-weighting"}
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     py = venv / "bin" / "python"
@@ -60,7 +62,9 @@ def test_template_plugin_installs_lists_validates_and_weights(tmp_path: Path) ->
     )
     assert install.returncode == 0, install.stderr
 
-    listed = subprocess.run([str(py), "-m", "vcrd_core.cli", "plugins", "--json"], capture_output=True, text=True)
+    listed = subprocess.run(
+        [str(py), "-m", "vcrd_core.cli", "plugins", "--json"], capture_output=True, text=True, env=env
+    )
     assert listed.returncode == 0, listed.stderr
     rules = {d["name"]: d for d in json.loads(listed.stdout)["components"]["weighting"]}
     assert rules["tempered_ratio"]["distribution"] == "vcrd-example-weighting"
@@ -72,11 +76,11 @@ def test_template_plugin_installs_lists_validates_and_weights(tmp_path: Path) ->
         yaml.safe_dump({**MINIMAL_CONFIG, "weighting": {"name": "tempered_ratio", "params": {"gamma": 0.5}}})
     )
     valid = subprocess.run(
-        [str(py), "-m", "vcrd_core.cli", "config", "validate", str(config)], capture_output=True, text=True
+        [str(py), "-m", "vcrd_core.cli", "config", "validate", str(config)], capture_output=True, text=True, env=env
     )
     assert valid.returncode == 0, valid.stderr
 
-    weights = subprocess.run([str(py), "-c", WEIGHTS_SCRIPT, str(config)], capture_output=True, text=True)
+    weights = subprocess.run([str(py), "-c", WEIGHTS_SCRIPT, str(config)], capture_output=True, text=True, env=env)
     assert weights.returncode == 0, weights.stderr
     out = json.loads(weights.stdout)
     assert out["module"] == "vcrd_example_weighting.plugin"
@@ -84,5 +88,7 @@ def test_template_plugin_installs_lists_validates_and_weights(tmp_path: Path) ->
     assert out["w"] == pytest.approx(expected, rel=1e-6)
 
     # The dev venv itself never saw the template: it lives only in the throw-away venv.
-    here = subprocess.run([sys.executable, "-m", "vcrd_core.cli", "plugins", "--json"], capture_output=True, text=True)
+    here = subprocess.run(
+        [sys.executable, "-m", "vcrd_core.cli", "plugins", "--json"], capture_output=True, text=True, env=env
+    )
     assert "tempered_ratio" not in here.stdout

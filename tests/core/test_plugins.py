@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_vcrd
+from tests.conftest import BUILT_IN_PLUGINS, run_vcrd
 
 RULE_MODULE = '''
 from typing import ClassVar
@@ -48,8 +48,10 @@ def make_dist(site: Path, dist: str, module: str, source: str, entry: str | None
 
 
 def env_with(site: Path, **extra: str) -> dict[str, str]:
+    """A subprocess environment with ``site`` on the path and its distributions allowed to load."""
     path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
-    return {"PYTHONPATH": path, **extra}
+    dists = [d.name.split("-")[0].replace("_", "-") for d in site.glob("*.dist-info")]
+    return {"PYTHONPATH": path, "VCRD_PLUGINS": ",".join([BUILT_IN_PLUGINS, *dists]), **extra}
 
 
 def test_plugin_that_fails_to_import_is_named_and_others_still_load(tmp_path: Path) -> None:
