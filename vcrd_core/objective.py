@@ -22,6 +22,7 @@ import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -29,6 +30,9 @@ from vcrd_core.chunked import chunked_divergence
 from vcrd_core.divergence import Divergence
 from vcrd_core.errors import VcrdError
 from vcrd_core.judge import Stream
+
+if TYPE_CHECKING:
+    from vcrd_core.config.models import ObjectiveConfig
 
 #: Quantiles of the weights reported per stream (name, q).
 WEIGHT_QUANTILES: tuple[tuple[str, float], ...] = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))
@@ -232,6 +236,26 @@ class VCRDObjective:
         self.vocab_size = vocab_size
         self.chunk_size = chunk_size
         self.weight_warn_max = weight_warn_max
+
+    @classmethod
+    def from_config(cls, config: ObjectiveConfig, *, vocab_size: int | None = None) -> VCRDObjective:
+        """The objective a run config's ``objective`` section declares (disabled streams are left out)."""
+        from vcrd_core.registry import create
+
+        losses: dict[str, StreamLoss | None] = {}
+        for name in (Stream.TEACHER_PREFIX.value, Stream.STUDENT_PREFIX.value):
+            stream = getattr(config, name)
+            div = create(stream.divergence.kind, stream.divergence.name, stream.divergence.params)
+            losses[name] = StreamLoss(div, stream.lam) if stream.enabled else None  # type: ignore[arg-type]
+        return cls(
+            losses[Stream.TEACHER_PREFIX.value],
+            losses[Stream.STUDENT_PREFIX.value],
+            reduction=config.reduction,
+            temperature=config.temperature,
+            vocab_size=vocab_size,
+            chunk_size=config.chunk_size,
+            weight_warn_max=config.weight_warn_max,
+        )
 
     def __call__(
         self, teacher_prefix: StreamInputs | None = None, student_prefix: StreamInputs | None = None

@@ -145,3 +145,22 @@ def test_constant_weights_need_no_judge(write_config) -> None:
     data["weighting"] = {"name": "clamp", "params": {"inner": {"name": "constant"}, "max": 1}}
     config = load_config(write_config(data))
     assert config.judge is None
+
+
+def test_objective_is_built_from_the_config_section(write_config) -> None:
+    from vcrd_core.objective import Reduction, VCRDObjective
+
+    data = {
+        **MINIMAL_CONFIG,
+        "objective": {
+            "reduction": "token_mean",
+            "temperature": 2.0,
+            "teacher_prefix": {"lambda": 2, "divergence": {"name": "jsd", "params": {"beta": 0.3}}},
+            "student_prefix": {"enabled": False},
+        },
+    }
+    objective = VCRDObjective.from_config(load_config(write_config(data)).objective, vocab_size=17)
+    assert list(objective.losses) == ["teacher_prefix"]
+    loss = objective.losses["teacher_prefix"]
+    assert (loss.lam, loss.divergence.name, loss.divergence.params.beta) == (2.0, "jsd", 0.3)
+    assert (objective.reduction, objective.temperature, objective.vocab_size) == (Reduction.TOKEN_MEAN, 2.0, 17)
