@@ -13,9 +13,10 @@ from typing import Any, ClassVar
 import pytest
 import torch
 from pydantic import BaseModel, ConfigDict
-from transformers import Qwen2Config, Qwen2ForCausalLM, Trainer, TrainingArguments
+from transformers import Qwen2ForCausalLM, Trainer, TrainingArguments
 
 import vcrd_core
+from tests.tiny_models import tiny_qwen2_config
 from vcrd_core.objective import Reduction, StreamInputs, StreamLoss, VCRDObjective, decision_mask
 
 REAL_VOCAB = 40
@@ -57,16 +58,7 @@ class PlainRatio(vcrd_core.WeightingRule):
 
 def tiny_qwen2(vocab_size: int, seed: int) -> Qwen2ForCausalLM:
     torch.manual_seed(seed)
-    config = Qwen2Config(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-    )
+    config = tiny_qwen2_config(vocab_size, tie_word_embeddings=False)
     return Qwen2ForCausalLM(config).float()
 
 

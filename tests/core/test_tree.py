@@ -6,8 +6,9 @@ import copy
 
 import pytest
 import torch
-from transformers import Qwen2Config, Qwen2Model
+from transformers import Qwen2Model
 
+from tests.tiny_models import tiny_qwen2_config
 from vcrd_core import VcrdError
 from vcrd_core.tree import build_tree, check_context, logical_positions, tree_hidden_states
 
@@ -17,15 +18,7 @@ SUFFIX = [7, 8]
 
 def tiny_body(attn: str = "sdpa", max_positions: int = 64) -> Qwen2Model:
     torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=max_positions,
-    )
+    config = tiny_qwen2_config(VOCAB, hidden_size=64, max_positions=max_positions)
     config._attn_implementation = attn
     return Qwen2Model(config).eval()
 
@@ -195,17 +188,7 @@ def test_shape_mismatch_is_refused():
 
 
 def test_a_body_with_sliding_window_layers_is_refused():
-    config = Qwen2Config(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        use_sliding_window=True,
-        sliding_window=4,
-        max_window_layers=0,
-    )
+    config = tiny_qwen2_config(VOCAB, hidden_size=64, use_sliding_window=True, sliding_window=4, max_window_layers=0)
     body = Qwen2Model(config).eval()
     assert "sliding_attention" in body.config.layer_types
     ids, mask, alt, score = padded_batch("left")

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2Model, Qwen2Tokenizer
+from transformers import Qwen2ForCausalLM, Qwen2Model, Qwen2Tokenizer
 
 import vcrd_core
+from tests.tiny_models import tiny_qwen2_config
 from vcrd_core import ConfigError, JudgeContext, JudgeRequest, Stream, VcrdError
 from vcrd_core.judge import checked_scores
 
@@ -62,16 +63,7 @@ def write_checkpoint(
     """A PRM directory: body + LM head via save_pretrained, head tensors added, reward-model architecture name."""
     torch.manual_seed(seed)
     tokens = judge_tokens()
-    config = Qwen2Config(
-        vocab_size=len(tokens),
-        hidden_size=HIDDEN,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=max_positions,
-        tie_word_embeddings=False,
-    )
+    config = tiny_qwen2_config(len(tokens), hidden_size=HIDDEN, max_positions=max_positions, tie_word_embeddings=False)
     model = Qwen2ForCausalLM(config)
     if nan:
         with torch.no_grad():

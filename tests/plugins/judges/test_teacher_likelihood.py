@@ -216,21 +216,15 @@ def test_score_reads_row_t_minus_1_and_greedy_token_at_t_only_at_decision_points
 
 @pytest.mark.slow
 def test_score_on_tiny_hf_teacher_with_padded_head_and_real_student_greedy() -> None:
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2ForCausalLM
+
+    from tests.tiny_models import tiny_qwen2_config
 
     real_vocab = 29
 
     def tiny(vocab_rows: int, seed: int) -> Qwen2ForCausalLM:
         torch.manual_seed(seed)
-        config = Qwen2Config(
-            vocab_size=vocab_rows,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=64,
-        )
+        config = tiny_qwen2_config(vocab_rows)
         return Qwen2ForCausalLM(config).eval()
 
     teacher, student = tiny(32, 0), tiny(real_vocab, 1)  # the teacher's lm_head is padded to 32 rows
