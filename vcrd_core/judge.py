@@ -89,6 +89,10 @@ class Judge(Component):
     #: that involves no teacher proposal (``teacher_likelihood``): callers then pass ``same_token=None``.
     parity_on_same_token: ClassVar[bool] = True
 
+    def check(self, context: JudgeContext) -> None:
+        """Cheap run-time checks before any weight is read (paths, tokenizer, vocabulary rule), so that a
+        run refuses a bad judge before loading the policy models. Default: nothing to check."""
+
     def load(self, context: JudgeContext) -> None:
         """Receive run-time context (load weights, move to a device). Default: nothing to load."""
         self.context = context

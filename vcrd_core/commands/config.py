@@ -19,6 +19,15 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    from vcrd_core.preflight import preflight
+
+    config = load_config(args.file, args.set)
+    found = preflight(config)
+    print(f"{args.file}: ready to run (shared tokenizer, {found.vocab_size} ids; paths and judges checked)")
+    return 0
+
+
 def _show(args: argparse.Namespace) -> int:
     config = load_config(args.file, args.set)
     print(yaml.safe_dump(resolved_dict(config), sort_keys=False), end="")
@@ -56,6 +65,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     _add_file_args(v)
     v.set_defaults(func=_validate)
+    c = csub.add_parser(
+        "check",
+        help="the run-time checks: paths exist, tokenizers agree, judge checkpoints (no model weights loaded)",
+        description="Validate, then check what the config names on disk: model directories, the shared tokenizer, "
+        "prompt files, judge checkpoints and the output directory. Loads tokenizers, never model weights.",
+    )
+    _add_file_args(c)
+    c.set_defaults(func=_check)
     s = csub.add_parser("show", help="print the resolved config with every default filled in")
     _add_file_args(s)
     s.set_defaults(func=_show)

@@ -102,9 +102,11 @@ class _PrmJudge(TokenJudge):
         self._prompt_ids: dict[str, list[int]] = {}
 
     # ----- loading -------------------------------------------------------------------------------------------
-    def load(self, context: JudgeContext) -> None:
-        """Check the checkpoint, the tokenizers, the vocabulary rule and the suffix (cheap, before any weight is
-        read), then load the body and the head. The judge is never loaded on a partly checked checkpoint."""
+    def check(self, context: JudgeContext) -> None:
+        """The checkpoint, the tokenizers, the vocabulary rule and the suffix, without reading any weight."""
+        self._checked(context)
+
+    def _checked(self, context: JudgeContext) -> tuple[prm_loading.PrmCheckpoint, Any, list[int]]:
         p = self.params
         checkpoint = prm_loading.inspect_checkpoint(p.path, self.head_keys, who=self._who, kind=self.layout)
         if context.tokenizer is None:
@@ -117,6 +119,13 @@ class _PrmJudge(TokenJudge):
                 f"{self._who}: branch_suffix {p.branch_suffix!r} encodes to no token with the judge tokenizer at "
                 f"{checkpoint.path}; use text the judge tokenizer knows (e.g. '\\n' or '<extra_0>') or null"
             )
+        return checkpoint, tokenizer, suffix_ids
+
+    def load(self, context: JudgeContext) -> None:
+        """Run :meth:`check` (cheap, before any weight is read), then load the body and the head.
+        The judge is never loaded on a partly checked checkpoint."""
+        p = self.params
+        checkpoint, tokenizer, suffix_ids = self._checked(context)
         head = {
             k: v.to(device=context.device, dtype=torch.float32)
             for k, v in prm_loading.read_tensors(checkpoint, self.head_keys).items()
