@@ -5,13 +5,12 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
 
 import pytest
 import torch
-from pydantic import BaseModel, ConfigDict
 
 import vcrd_core
+from tests.fakes import ForwardKL, ReverseKL
 from vcrd_core import VcrdError
 from vcrd_core.objective import (
     ObjectiveOutput,
@@ -25,30 +24,6 @@ from vcrd_core.objective import (
 
 REDUCTIONS = list(Reduction)
 Ref = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-class _Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ForwardKL(vcrd_core.Divergence):
-    """KL(p || q), defined in the test so it does not depend on the divergences plugin."""
-
-    name: ClassVar[str] = "test_fkl"
-    Params = _Params
-
-    def value(self, teacher_logp: torch.Tensor, student_logp: torch.Tensor) -> torch.Tensor:
-        return (teacher_logp.exp() * (teacher_logp - student_logp)).sum(-1)
-
-
-class ReverseKL(vcrd_core.Divergence):
-    """KL(q || p), defined in the test."""
-
-    name: ClassVar[str] = "test_rkl"
-    Params = _Params
-
-    def value(self, teacher_logp: torch.Tensor, student_logp: torch.Tensor) -> torch.Tensor:
-        return (student_logp.exp() * (student_logp - teacher_logp)).sum(-1)
 
 
 def ref_fkl(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:

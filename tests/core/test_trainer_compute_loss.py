@@ -8,52 +8,17 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 import torch
-from pydantic import BaseModel, ConfigDict
 from transformers import Qwen2ForCausalLM, Trainer, TrainingArguments
 
-import vcrd_core
+from tests.fakes import ForwardKL, PlainRatio, ReverseKL
 from tests.tiny_models import tiny_qwen2_config
 from vcrd_core.objective import Reduction, StreamInputs, StreamLoss, VCRDObjective, decision_mask
 
 REAL_VOCAB = 40
-
-
-class _Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ForwardKL(vcrd_core.Divergence):
-    """KL(p || q), defined in the test so it does not depend on the divergences plugin."""
-
-    name: ClassVar[str] = "test_trainer_fkl"
-    Params = _Params
-
-    def value(self, teacher_logp: torch.Tensor, student_logp: torch.Tensor) -> torch.Tensor:
-        return (teacher_logp.exp() * (teacher_logp - student_logp)).sum(-1)
-
-
-class ReverseKL(vcrd_core.Divergence):
-    """KL(q || p), defined in the test."""
-
-    name: ClassVar[str] = "test_trainer_rkl"
-    Params = _Params
-
-    def value(self, teacher_logp: torch.Tensor, student_logp: torch.Tensor) -> torch.Tensor:
-        return (student_logp.exp() * (student_logp - teacher_logp)).sum(-1)
-
-
-class PlainRatio(vcrd_core.WeightingRule):
-    """r_s / (r_t + 1e-8) (test rule)."""
-
-    name: ClassVar[str] = "test_trainer_ratio"
-    Params = _Params
-
-    def weight(self, r_student: torch.Tensor, r_teacher: torch.Tensor) -> torch.Tensor:
-        return r_student / (r_teacher + 1e-8)
 
 
 def tiny_qwen2(vocab_size: int, seed: int) -> Qwen2ForCausalLM:

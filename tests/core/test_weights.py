@@ -6,31 +6,17 @@ from typing import ClassVar
 
 import pytest
 import torch
-from pydantic import BaseModel, ConfigDict
 
 import vcrd_core
+from tests.fakes import NoParams, PlainRatio
 from vcrd_core import VcrdError
-
-
-class Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class PlainRatio(vcrd_core.WeightingRule):
-    """r_s / (r_t + 1e-8), written here so these tests do not depend on the weighting plugin."""
-
-    name: ClassVar[str] = "test_plain_ratio"
-    Params = Params
-
-    def weight(self, r_student: torch.Tensor, r_teacher: torch.Tensor) -> torch.Tensor:
-        return r_student / (r_teacher + 1e-8)
 
 
 class Recorder(vcrd_core.WeightingRule):
     """Records what the core hands to weight() and returns r_s * 2 (keeps the graph if there is one)."""
 
     name: ClassVar[str] = "test_recorder"
-    Params = Params
+    Params = NoParams
 
     def weight(self, r_student: torch.Tensor, r_teacher: torch.Tensor) -> torch.Tensor:
         self.seen = {
@@ -45,7 +31,7 @@ class Returns(vcrd_core.WeightingRule):
     """Returns a fixed tensor (or scalar), whatever the scores."""
 
     name: ClassVar[str] = "test_returns"
-    Params = Params
+    Params = NoParams
 
     def __init__(self, value: torch.Tensor | float) -> None:
         super().__init__()

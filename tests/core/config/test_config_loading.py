@@ -132,7 +132,17 @@ def test_cli_validate_show_and_schema(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "args", [[], ["plugins"], ["config"], ["config", "validate"], ["config", "show"], ["config", "check"], ["config", "schema"], ["analyze"]]
+    "args",
+    [
+        [],
+        ["plugins"],
+        ["config"],
+        ["config", "validate"],
+        ["config", "show"],
+        ["config", "check"],
+        ["config", "schema"],
+        ["analyze"],
+    ],
 )
 def test_every_command_has_help(args: list[str]) -> None:
     result = run_vcrd(*args, "--help")
