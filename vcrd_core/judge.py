@@ -129,6 +129,9 @@ class TokenJudge(Judge):
 def checked_scores(judge: Judge, request: JudgeRequest) -> JudgeScores:
     """Call ``judge.score`` and refuse scores that are NaN or outside [0, 1] at decision points:
     they must never be turned into weights."""
+    from vcrd_core.objective import check_preceded_by_tokens
+
+    check_preceded_by_tokens(request.decision_mask.bool(), request.attention_mask, f"judge '{judge.name}'")
     scores = judge.score(request)
     mask = request.decision_mask.bool()
     for role, values in (("r_s", scores.r_s), ("r_t", scores.r_t)):

@@ -64,7 +64,22 @@ def decision_mask(attention_mask: torch.Tensor, response_mask: torch.Tensor) -> 
         )
     mask = attention_mask.bool() & response_mask.bool()
     mask[:, 0] = False
+    check_preceded_by_tokens(mask, attention_mask, "decision_mask")
     return mask
+
+
+def check_preceded_by_tokens(decision: torch.Tensor, attention_mask: torch.Tensor, where: str) -> None:
+    """Refuse a decision point ``t`` whose row ``t-1`` is padding: its logits are not ``p(·|c_{t-1})``.
+
+    Happens when a right-padded prompt is concatenated with its response (``[P P pad | R R]``).
+    """
+    follows_pad = decision[:, 1:] & ~attention_mask[:, :-1].bool()
+    if bool(follows_pad.any()):
+        b, t = (int(v) for v in follows_pad.nonzero()[0])
+        raise VcrdError(
+            f"{where}: decision point (row {b}, position {t + 1}) follows padding at position {t}, so its logits "
+            "row is not the prefix's; pack each sequence as prompt + response and pad only at the ends"
+        )
 
 
 @dataclass

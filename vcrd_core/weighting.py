@@ -42,6 +42,16 @@ class WeightingRule(Component):
         """Whether the rule reads judge scores; a run whose every rule does not needs no judge."""
         return True
 
+    def parity_weight(self, r: torch.Tensor) -> torch.Tensor:
+        """The weight where both proposals are the same token (the judge scored it ``r`` for both).
+
+        Default ``1``: parity by definition (SPEC "Weights"), where the formula ``r / (r + ε)`` would
+        drift from 1 for tiny ``r``. Rules whose formula means something else at ``r_s = r_t``
+        (``difference``, ``student_only``, ``constant``, ``clamp``) return their own exact value, so
+        that the rule a config names is the rule that runs.
+        """
+        return torch.ones_like(r)
+
     def __call__(
         self,
         r_student: torch.Tensor,
@@ -54,9 +64,10 @@ class WeightingRule(Component):
 
         * computed by :meth:`weight` under ``torch.no_grad()`` on detached float32 copies, and
           returned detached (float32, the scores' shape and device);
-        * ``w = 1`` exactly where ``same_token`` is True: when both proposals are the same token the
-          point is parity by definition, whereas :math:`r / (r + \\varepsilon)` drifts from 1 when
-          ``r`` is tiny;
+        * where ``same_token`` is True (both proposals are the same token) the weight is the rule's
+          :meth:`parity_weight` of ``r_s``: exactly ``1`` for ``ratio`` (parity by definition, whereas
+          :math:`r / (r + \\varepsilon)` drifts from 1 when ``r`` is tiny) and the rule's own exact value
+          for rules that mean something else there;
         * every weight is finite and ``>= 0`` (VCRD never reverses the direction of supervision):
           a rule returning a negative, NaN or infinite weight raises :class:`VcrdError` naming the
           rule and how many weights were wrong.
@@ -92,7 +103,8 @@ class WeightingRule(Component):
                     f"{tuple(shape)} (the scores' shape)"
                 ) from None
             if same_token is not None:
-                w = torch.where(same_token.to(device=w.device, dtype=torch.bool), torch.ones_like(w), w)
+                parity = torch.as_tensor(self.parity_weight(r_s), dtype=torch.float32, device=w.device)
+                w = torch.where(same_token.to(device=w.device, dtype=torch.bool), parity.expand(shape), w)
             if mask is not None:
                 w = torch.where(mask.to(device=w.device, dtype=torch.bool), w, torch.zeros_like(w))
             self._check(w)

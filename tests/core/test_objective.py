@@ -462,3 +462,12 @@ def test_real_skl_and_srkl_streams_equal_the_float64_reference_of_eq_2_to_4() ->
     torch.testing.assert_close(loss.double(), expected.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(a.student.grad.double(), a64.grad, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(b.student.grad.double(), b64.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_decision_point_after_mid_sequence_padding_is_refused() -> None:
+    # a right-padded prompt concatenated with its response: [P P pad | R R]
+    attention = torch.tensor([[1, 1, 0, 1, 1]])
+    response = torch.tensor([[0, 0, 0, 1, 1]])
+    with pytest.raises(VcrdError, match=r"decision point \(row 0, position 3\) follows padding at position 2"):
+        decision_mask(attention, response)
+    assert decision_mask(torch.tensor([[0, 1, 1, 1, 1]]), response).tolist() == [[False, False, False, True, True]]

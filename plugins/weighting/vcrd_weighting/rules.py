@@ -75,6 +75,9 @@ class Difference(vcrd_core.WeightingRule):
     def may_be_nonpositive(self) -> bool:
         return self.params.floor <= 0 and self.params.offset <= 1
 
+    def parity_weight(self, r: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(r, max(self.params.offset, self.params.floor))  # r_s - r_t = 0 exactly
+
 
 class StudentOnly(vcrd_core.WeightingRule):
     """The student-score rule w = r_s (Table 10, LV-Joint-rs): the teacher's score is ignored."""
@@ -88,6 +91,9 @@ class StudentOnly(vcrd_core.WeightingRule):
 
     def weight(self, r_student: torch.Tensor, r_teacher: torch.Tensor) -> torch.Tensor:
         return r_student.clone()
+
+    def parity_weight(self, r: torch.Tensor) -> torch.Tensor:
+        return r.clone()
 
     def may_be_nonpositive(self) -> bool:
         # Zero only in the degenerate r_s = 0 case.
@@ -113,6 +119,9 @@ class Constant(vcrd_core.WeightingRule):
 
     def uses_scores(self) -> bool:
         return False
+
+    def parity_weight(self, r: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(r, self.params.c)
 
 
 class Clamp(vcrd_core.WeightingRule):
@@ -147,8 +156,11 @@ class Clamp(vcrd_core.WeightingRule):
     def weight(self, r_student: torch.Tensor, r_teacher: torch.Tensor) -> torch.Tensor:
         return torch.clamp(self.inner.weight(r_student, r_teacher), min=self.params.min, max=self.params.max)
 
+    def parity_weight(self, r: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(self.inner.parity_weight(r), min=self.params.min, max=self.params.max)
+
     def may_be_nonpositive(self) -> bool:
-        return self.params.min <= 0 and self.inner.may_be_nonpositive()
+        return self.params.max <= 0 or (self.params.min <= 0 and self.inner.may_be_nonpositive())
 
     def uses_scores(self) -> bool:
         return self.inner.uses_scores()
@@ -198,7 +210,13 @@ class LogClamp(vcrd_core.WeightingRule):
             )
 
     def weight(self, r_student: torch.Tensor, r_teacher: torch.Tensor) -> torch.Tensor:
-        inner = self.inner.weight(r_student, r_teacher)
+        return self._smooth(self.inner.weight(r_student, r_teacher))
+
+    def parity_weight(self, r: torch.Tensor) -> torch.Tensor:
+        return self._smooth(self.inner.parity_weight(r))
+
+    def _smooth(self, inner: torch.Tensor) -> torch.Tensor:
+        """exp(clip(γ log inner, log lo, log hi)); an inner weight of 0 gives lo."""
         positive = inner > 0
         log_w = self.params.gamma * torch.log(torch.where(positive, inner, torch.ones_like(inner)))
         log_w = torch.clamp(log_w, min=math.log(self.params.lo), max=math.log(self.params.hi))

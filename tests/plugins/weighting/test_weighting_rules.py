@@ -222,17 +222,53 @@ def test_log_clamp_refuses_lo_above_hi() -> None:
         ("clamp", {"inner": {"name": "difference"}}, True),
         ("clamp", {"inner": {"name": "difference"}, "min": 0.1}, False),
         ("clamp", {"inner": {"name": "ratio"}}, False),
+        ("clamp", {"inner": {"name": "ratio"}, "max": 0}, True),
     ],
 )
 def test_may_be_nonpositive_matches_the_rule_and_its_params(name: str, params: dict, expected: bool) -> None:
     assert rule(name, params).may_be_nonpositive() is expected
 
 
-@pytest.mark.parametrize("name", ["ratio", "difference", "student_only", "log_clamp"])
-def test_a_rule_gives_exactly_one_where_both_proposals_are_the_same_token(name: str) -> None:
+@pytest.mark.parametrize("name", ["ratio", "log_clamp"])
+def test_ratio_rules_give_exactly_one_where_both_proposals_are_the_same_token(name: str) -> None:
     r = torch.tensor([1e-9, 0.2, 0.7])
+    assert (r / (r + 1e-8)).tolist() != [1.0, 1.0, 1.0]  # what the formula alone would give
     w = rule(name)(r, r.clone(), same_token=torch.ones(3, dtype=torch.bool))
     assert w.tolist() == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "expected"),
+    [
+        ("difference", {}, [0.0, 0.0, 0.0]),  # max(r - r + 0, 0): the paper's literal rule
+        ("difference", {"offset": 0.5, "floor": 0.2}, [0.5, 0.5, 0.5]),
+        ("student_only", {}, [1e-9, 0.2, 0.7]),
+        ("constant", {"c": 0.5}, [0.5, 0.5, 0.5]),
+        ("clamp", {"inner": {"name": "ratio"}, "max": 0.5}, [0.5, 0.5, 0.5]),  # parity 1, clipped to max
+        ("clamp", {"inner": {"name": "ratio"}, "min": 2}, [2.0, 2.0, 2.0]),
+        ("clamp", {"inner": {"name": "student_only"}, "min": 0.1}, [0.1, 0.2, 0.7]),
+        ("log_clamp", {"lo": 1.5, "hi": 2}, [1.5, 1.5, 1.5]),  # parity 1 lies below lo
+    ],
+)
+def test_other_rules_keep_their_own_formula_where_both_proposals_are_the_same_token(
+    name: str, params: dict, expected: list[float]
+) -> None:
+    r = torch.tensor([1e-9, 0.2, 0.7])
+    same = torch.tensor([True, True, True])
+    w = rule(name, params)(r, r.clone(), same_token=same)
+    assert w.tolist() == pytest.approx(expected, rel=1e-6, abs=1e-12)
+
+
+def test_same_token_points_mix_with_formula_points() -> None:
+    r_s, r_t = torch.tensor([0.3, 0.3, 0.9]), torch.tensor([0.3, 0.6, 0.3])
+    same = torch.tensor([True, False, False])
+    w = rule("difference", {"offset": 0.1})(r_s, r_t, same_token=same)
+    assert w.tolist() == pytest.approx([0.1, 0.0, 0.7])
+
+
+def test_log_clamp_refuses_a_clamp_that_is_always_zero() -> None:
+    with pytest.raises(ConfigError, match=r"^params\.inner: weighting rule 'clamp'"):
+        rule("log_clamp", {"inner": {"name": "clamp", "params": {"inner": {"name": "ratio"}, "max": 0}}})
 
 
 def test_unknown_params_key_suggests_the_valid_one() -> None:
