@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import re
+import sys
 import threading
 from dataclasses import dataclass
 from types import ModuleType
@@ -60,17 +62,32 @@ class _State:
         self.pm.add_hookspecs(hookspecs)
         self.infos: dict[str, PluginInfo] = {}
         self.failures: list[LoadFailure] = []
+        self.filtered: list[str] = []
 
 
 _state: _State | None = None
 _lock = threading.Lock()
 
 
+def normalize(name: str) -> str:
+    """PEP 503 normalisation, so ``vcrd_divergences`` and ``VCRD-Divergences`` name the same distribution."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def _names(env: str) -> set[str] | None:
     value = os.environ.get(env)
     if value is None:
         return None
-    return {part.strip() for part in value.split(",") if part.strip()}
+    return {normalize(part.strip()) for part in value.split(",") if part.strip()}
+
+
+def filters() -> str:
+    """A phrase for messages naming the plugins the environment filters left out ('' when none)."""
+    skipped = _get_state().filtered
+    if not skipped:
+        return ""
+    active = ", ".join(f"{env}={os.environ[env]!r}" for env in (ENV_ALLOW, ENV_BLOCK) if env in os.environ)
+    return f" (not loaded because of {active}: {', '.join(skipped)})"
 
 
 def _dist_of(ep: importlib.metadata.EntryPoint) -> tuple[str, str]:
@@ -80,11 +97,16 @@ def _dist_of(ep: importlib.metadata.EntryPoint) -> tuple[str, str]:
     return (dist.metadata["Name"] or "<unknown distribution>", dist.version or "")
 
 
-def _check_api(module: ModuleType) -> str | None:
-    declared = getattr(module, "VCRD_PLUGIN_API", None)
+def _check_api(plugin: Any) -> str | None:
+    """The plugin's declared API: on the object, else on the module that defines it (``module:attr``
+    entry points)."""
+    declared = getattr(plugin, "VCRD_PLUGIN_API", None)
+    module_name = plugin.__name__ if isinstance(plugin, ModuleType) else getattr(plugin, "__module__", None)
+    if declared is None and module_name in sys.modules:
+        declared = getattr(sys.modules[module_name], "VCRD_PLUGIN_API", None)
     if declared is None:
         return (
-            f"module {module.__name__} does not declare VCRD_PLUGIN_API "
+            f"module {module_name} does not declare VCRD_PLUGIN_API "
             f"(this vcrd provides plugin API {PLUGIN_API_VERSION})"
         )
     if declared != PLUGIN_API_VERSION:
@@ -100,9 +122,9 @@ def _load(state: _State) -> None:
     eps = sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
     for ep in eps:
         dist, version = _dist_of(ep)
-        if ep.name in block or dist in block:
-            continue
-        if allow is not None and ep.name not in allow and dist not in allow:
+        names = {normalize(ep.name), normalize(dist)}
+        if names & block or (allow is not None and not names & allow):
+            state.filtered.append(ep.name)
             continue
         if state.pm.get_plugin(ep.name) is not None:
             other = state.infos.get(ep.name)
@@ -115,7 +137,7 @@ def _load(state: _State) -> None:
             msg = f"import of '{ep.value}' failed: {type(exc).__name__}: {exc}".splitlines()[0]
             state.failures.append(LoadFailure(ep.name, dist, msg))
             continue
-        problem = _check_api(module) if isinstance(module, ModuleType) else None
+        problem = _check_api(module)
         if problem:
             state.failures.append(LoadFailure(ep.name, dist, problem))
             continue

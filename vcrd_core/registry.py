@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 from vcrd_core import kinds as K
 from vcrd_core.component import Component, ComponentSpec
 from vcrd_core.errors import ConfigError, ParamError, PluginError
-from vcrd_core.plugins import PluginInfo, get_plugin_manager, plugin_info
+from vcrd_core.plugins import PluginInfo, filters, get_plugin_manager, load_failures, plugin_info
 from vcrd_core.validation import join_path, to_config_error
 
 
@@ -65,7 +65,7 @@ def entries(kind: str) -> dict[str, Entry]:
     if kind not in K.KINDS:
         raise PluginError(f"Unknown component kind '{kind}'. Available kinds: {', '.join(K.KINDS)}.")
     pm = get_plugin_manager()
-    key = (id(pm), *(name for name, _ in pm.list_name_plugin()))
+    key = (id(pm), *((name, id(plugin)) for name, plugin in pm.list_name_plugin()))
     cached = _cache.get(kind)
     if cached is not None and cached[0] == key:
         return cached[1]
@@ -73,7 +73,19 @@ def entries(kind: str) -> dict[str, Entry]:
     found: dict[str, Entry] = {}
     for impl in hook.get_hookimpls():  # registration order
         info = plugin_info(impl.plugin)
-        for cls in impl.function() or []:
+        who = f"plugin '{info.name}' (distribution {info.distribution})"
+        try:
+            returned = impl.function()
+        except Exception as exc:  # a broken plugin is named, in one line, instead of a traceback
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise PluginError(f"{who}: vcrd_register_{kind}() failed: {type(exc).__name__}: {first}") from None
+        if returned is None:
+            returned = []
+        if not isinstance(returned, (list, tuple)):
+            raise PluginError(
+                f"{who}: vcrd_register_{kind}() must return a list of classes, got {type(returned).__name__}"
+            )
+        for cls in returned:
             _check_class(kind, cls, info)
             if cls.name in found:
                 other = found[cls.name].provider
@@ -96,7 +108,9 @@ def unknown_name_message(kind: str, name: str, names: list[str]) -> str:
     close = difflib.get_close_matches(name, names, n=1)
     hint = f" Did you mean '{close[0]}'?" if close else ""
     listed = ", ".join(names) if names else "none installed"
-    return f"Unknown {K.SINGULAR[kind]} '{name}'.{hint} Available: {listed}."
+    failed = load_failures()
+    note = f" {len(failed)} plugin(s) failed to load ({failed[0]}); run `vcrd plugins`." if failed else ""
+    return f"Unknown {K.SINGULAR[kind]} '{name}'.{hint} Available: {listed}{filters()}.{note}"
 
 
 def get_class(kind: str, name: str, *, path: str = "") -> type[Component]:

@@ -58,6 +58,8 @@ def _describe(error: dict[str, Any], model: type[BaseModel] | None) -> str:
         if owner is None:
             return f"unknown key '{key}'"
         valid = _keys(owner)
+        if not valid:
+            return f"unknown key '{key}': this takes no keys"
         close = difflib.get_close_matches(key, valid, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
         return f"unknown key '{key}'.{hint} Valid keys: {', '.join(valid)}."

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BUILT_IN_PLUGINS, run_vcrd
+from tests.conftest import BUILT_IN_PLUGINS, MINIMAL_CONFIG, run_vcrd
 
 RULE_MODULE = '''
 from typing import ClassVar
@@ -138,3 +138,34 @@ def test_plugins_json_lists_built_in_components_with_their_distributions() -> No
         ["clamp", "constant", "difference", "log_clamp", "ratio", "student_only"], "vcrd-weighting"
     )
     assert all(d["summary"] for d in comps["divergences"] + comps["weighting"])
+
+
+def test_object_entry_point_from_a_module_for_another_api_is_refused(tmp_path: Path) -> None:
+    source = RULE_MODULE.format(api=99) + "\n\nclass _Holder:\n    pass\n\nINSTANCE = _Holder()\n"
+    source += "INSTANCE.vcrd_register_weighting = vcrd_register_weighting\n"
+    (tmp_path / "objplug.py").write_text(textwrap.dedent(source))
+    info = tmp_path / "objplug-0.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: objplug\nVersion: 0.3\n")
+    (info / "entry_points.txt").write_text("[vcrd]\nobjplug = objplug:INSTANCE\n")
+    result = run_vcrd("plugins", "--json", env=env_with(tmp_path))
+    assert result.returncode == 1
+    assert "plugin 'objplug' (distribution objplug) not loaded: built for vcrd plugin API 99" in result.stderr
+    assert "twin" not in {d["name"] for d in json.loads(result.stdout)["components"]["weighting"]}
+
+
+def test_unknown_name_mentions_plugins_that_failed_to_load(tmp_path: Path, write_config) -> None:
+    make_dist(tmp_path, "future-plugin", "future_plugin", RULE_MODULE.format(api=2))
+    config = write_config({**MINIMAL_CONFIG, "weighting": {"name": "twin"}})
+    result = run_vcrd("config", "validate", str(config), env=env_with(tmp_path))
+    assert result.returncode == 2
+    line = result.stderr.strip()
+    assert "\n" not in line and "Unknown weighting rule 'twin'" in line
+    assert "1 plugin(s) failed to load (plugin 'future-plugin' (distribution future-plugin) not loaded" in line
+
+
+def test_plugin_filters_normalise_distribution_names() -> None:
+    result = run_vcrd("plugins", "--json", env={"VCRD_PLUGINS": "VCRD_Divergences"})
+    assert result.returncode == 0, result.stderr
+    comps = json.loads(result.stdout)["components"]
+    assert comps["divergences"] and not comps["weighting"]

@@ -147,3 +147,46 @@ def test_built_in_plugins_register_through_entry_points() -> None:
 
     dists = {plugin_info(p).distribution for _, p in get_plugin_manager().list_name_plugin()}
     assert {"vcrd-divergences", "vcrd-weighting", "vcrd-judges"} <= dists
+
+
+class Raising:
+    @vcrd_core.hookimpl
+    def vcrd_register_weighting(self) -> list[type]:
+        raise RuntimeError("boom in plugin")
+
+
+class NotAList:
+    @vcrd_core.hookimpl
+    def vcrd_register_weighting(self) -> int:
+        return 3
+
+
+def test_a_hook_that_raises_is_named_in_one_line(register_plugin) -> None:
+    register_plugin(Raising(), "fake-raising")
+    with pytest.raises(
+        PluginError, match=r"^plugin 'fake-raising' .*vcrd_register_weighting\(\) failed: RuntimeError: boom"
+    ):
+        vcrd_core.available(vcrd_core.WEIGHTING)
+
+
+def test_a_hook_that_returns_no_list_is_refused(register_plugin) -> None:
+    register_plugin(NotAList(), "fake-not-a-list")
+    with pytest.raises(PluginError, match=r"must return a list of classes, got int"):
+        vcrd_core.available(vcrd_core.WEIGHTING)
+
+
+def test_registry_notices_a_plugin_replaced_under_the_same_name(register_plugin) -> None:
+    from vcrd_core.plugins import get_plugin_manager
+
+    register_plugin(FakeRules(), "fake-swap")
+    assert "test_halve" in vcrd_core.available(vcrd_core.WEIGHTING)
+    get_plugin_manager().unregister(name="fake-swap")
+    register_plugin(FakeRulesOnlyPicky(), "fake-swap")
+    names = vcrd_core.available(vcrd_core.WEIGHTING)
+    assert "test_picky" in names and "test_halve" not in names
+
+
+class FakeRulesOnlyPicky:
+    @vcrd_core.hookimpl
+    def vcrd_register_weighting(self) -> list[type]:
+        return [Picky]
