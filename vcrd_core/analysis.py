@@ -136,8 +136,8 @@ def _stream_stats(name: str, records: Sequence[ScoreRecord], tol: float, eps: fl
 
 def check_parity_tol(parity_tol: float) -> float:
     """Refuse a tolerance outside (0, 1): ``1 - τ`` must stay a positive ratio."""
-    if not (isinstance(parity_tol, (int, float)) and 0.0 < parity_tol < 1.0):
-        raise VcrdError(f"parity tolerance must lie in (0, 1) (e.g. 0.05 for ±5%), got {parity_tol!r}")
+    if not (isinstance(parity_tol, (int, float)) and 0.0 < parity_tol <= 0.5):
+        raise VcrdError(f"parity tolerance must lie in (0, 0.5] (e.g. 0.05 for ±5%), got {parity_tol!r}")
     return float(parity_tol)
 
 

@@ -56,9 +56,26 @@ class LoadFailure:
         return f"plugin '{self.entry_point}' (distribution {self.distribution}) not loaded: {self.message}"
 
 
+class PluginManager(pluggy.PluginManager):
+    """pluggy's manager plus a ``generation`` that changes on every (un)registration, so registries
+    rebuild after a change (object ids can be reused, names can be re-registered)."""
+
+    generation: int = 0
+
+    def register(self, plugin: object, name: str | None = None) -> str | None:
+        result = super().register(plugin, name)
+        PluginManager.generation += 1
+        return result
+
+    def unregister(self, plugin: object | None = None, name: str | None = None) -> Any:
+        result = super().unregister(plugin, name)
+        PluginManager.generation += 1
+        return result
+
+
 class _State:
     def __init__(self) -> None:
-        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm = PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self.infos: dict[str, PluginInfo] = {}
         self.failures: list[LoadFailure] = []

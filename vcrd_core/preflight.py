@@ -85,23 +85,32 @@ def check_same_vocabulary(run: Any, model: Any, label: str, where: str) -> None:
 def check_prompts(path: str, field: str, where: str) -> None:
     """The prompt file exists and its first record is a JSON object with ``field`` holding a string."""
     file = Path(path)
-    if not file.is_file():
+    if not file.exists():
         raise ConfigError(where, f"prompt file '{path}' does not exist")
-    with file.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(where, f"{path}:{number}: not JSON Lines ({exc.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get(field), str):
-                keys = ", ".join(record) if isinstance(record, dict) else type(record).__name__
-                raise ConfigError(
-                    "data.prompt_field", f"{path}:{number}: no string field '{field}' (the record has: {keys})"
-                )
-            return
-    raise ConfigError(where, f"prompt file '{path}' holds no record")
+    if not file.is_file():
+        raise ConfigError(where, f"prompt file '{path}' is not a file")
+    try:
+        with file.open(encoding="utf-8") as f:
+            first = next(((n, text) for n, text in enumerate(f, 1) if text.strip()), None)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(where, f"prompt file '{path}' is not UTF-8 text (byte {exc.start})") from None
+    if first is None:
+        raise ConfigError(where, f"prompt file '{path}' holds no record")
+    number, line = first
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(where, f"{path}:{number}: not JSON Lines ({exc.msg})") from None
+    if not isinstance(record, dict):
+        raise ConfigError(where, f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+    if field not in record:
+        raise ConfigError(
+            where, f"{path}:{number}: no field '{field}' (data.prompt_field); the record has: {', '.join(record)}"
+        )
+    if not isinstance(record[field], str):
+        raise ConfigError(
+            where, f"{path}:{number}: field '{field}' holds a {type(record[field]).__name__}, expected the prompt text"
+        )
 
 
 def _judges(config: RunConfig) -> dict[str, Judge]:

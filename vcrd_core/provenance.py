@@ -10,18 +10,17 @@ from __future__ import annotations
 import datetime as _dt
 import importlib.metadata
 import json
-import os
 import platform
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from vcrd_core import __version__
-from vcrd_core.config.loader import _walk_specs, resolved_dict
+from vcrd_core.atomic import atomic_write_text
+from vcrd_core.config.loader import iter_components, resolved_dict
 from vcrd_core.config.models import RunConfig
 from vcrd_core.registry import entries
 
@@ -57,12 +56,11 @@ def git_state(path: Path | None = None) -> dict[str, Any] | None:
 def component_providers(config: RunConfig) -> dict[str, dict[str, str]]:
     """For every ``{name, params}`` block of ``config`` (by YAML path): the component and its distribution."""
     found: dict[str, dict[str, str]] = {}
-    for path, spec in _walk_specs(config, ""):
-        assert spec.kind is not None
-        entry = entries(spec.kind)[spec.name]
+    for path, component in iter_components(config):
+        entry = entries(component.kind)[component.name]
         found[path] = {
-            "kind": spec.kind,
-            "name": spec.name,
+            "kind": component.kind,
+            "name": component.name,
             "distribution": entry.provider.distribution,
             "version": entry.provider.version,
         }
@@ -88,22 +86,11 @@ def provenance(config: RunConfig, **extra: Any) -> dict[str, Any]:
     }
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_run_metadata(output_dir: str | Path, config: RunConfig, **extra: Any) -> dict[str, Any]:
     """Write ``config.yaml`` (resolved, defaults filled in) and ``provenance.json`` into ``output_dir``."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     record = provenance(config, **extra)
-    _atomic_write(out / "config.yaml", yaml.safe_dump(resolved_dict(config), sort_keys=False))
-    _atomic_write(out / "provenance.json", json.dumps(record, indent=2) + "\n")
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(resolved_dict(config), sort_keys=False))
+    atomic_write_text(out / "provenance.json", json.dumps(record, indent=2) + "\n")
     return record

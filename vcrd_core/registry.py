@@ -65,7 +65,7 @@ def entries(kind: str) -> dict[str, Entry]:
     if kind not in K.KINDS:
         raise PluginError(f"Unknown component kind '{kind}'. Available kinds: {', '.join(K.KINDS)}.")
     pm = get_plugin_manager()
-    key = (id(pm), *((name, id(plugin)) for name, plugin in pm.list_name_plugin()))
+    key = (id(pm), getattr(pm, "generation", None), *((name, id(plugin)) for name, plugin in pm.list_name_plugin()))
     cached = _cache.get(kind)
     if cached is not None and cached[0] == key:
         return cached[1]

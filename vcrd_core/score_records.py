@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 
 import torch
 
+from vcrd_core.atomic import atomic_writer
 from vcrd_core.errors import VcrdError
 from vcrd_core.judge import Stream
 
@@ -94,7 +94,7 @@ class ScoreRecord:
         if not isinstance(obj["id"], str):
             raise VcrdError(f"field 'id' must be a string, got {type(obj['id']).__name__}")
         ident = obj["id"]
-        if obj["stream"] not in {s.value for s in Stream}:
+        if not isinstance(obj["stream"], str) or obj["stream"] not in {s.value for s in Stream}:
             raise VcrdError(f"record {ident!r}: unknown stream {obj['stream']!r}; valid: {_STREAMS}")
         for key in ("r_s", "r_t", "same_token", *(("weights",) if obj.get("weights") is not None else ())):
             if not isinstance(obj[key], list):
@@ -121,6 +121,8 @@ class ScoreRecord:
             )
         except VcrdError as exc:
             raise VcrdError(str(exc).removeprefix("score ")) from None
+        except OverflowError:
+            raise VcrdError(f"record {ident!r}: a number is too large for a float") from None
 
 
 def _stream_text(stream: Any) -> str:
@@ -201,21 +203,13 @@ def write_records(path: str | os.PathLike[str], records: Iterable[ScoreRecord]) 
     target = Path(path)
     if not target.parent.is_dir():
         raise VcrdError(f"cannot write score records to {target}: directory {target.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     count = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for record in records:
-                if not isinstance(record, ScoreRecord):
-                    raise VcrdError(f"write_records expects ScoreRecord objects, got {type(record).__name__}")
-                fh.write(json.dumps(record.to_dict(), allow_nan=False, separators=(",", ":")) + "\n")
-                count += 1
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_writer(target) as fh:
+        for record in records:
+            if not isinstance(record, ScoreRecord):
+                raise VcrdError(f"write_records expects ScoreRecord objects, got {type(record).__name__}")
+            fh.write(json.dumps(record.to_dict(), allow_nan=False, separators=(",", ":")) + "\n")
+            count += 1
     return count
 
 

@@ -71,7 +71,7 @@ def test_prompt_file_without_the_prompt_field_is_refused(write_config, run_files
     Path(run_files["data"]["train"]).write_text(json.dumps({"question": "2+2="}) + "\n")
     with pytest.raises(
         ConfigError,
-        match=r"data.prompt_field: .*prompts.jsonl:1: no string field 'prompt' \(the record has: question\)",
+        match=r"data.train: .*prompts.jsonl:1: no field 'prompt' \(data.prompt_field\); the record has: question",
     ):
         check(write_config, run_files)
 

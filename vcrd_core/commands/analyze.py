@@ -34,10 +34,11 @@ def _number(value: float | None) -> str:
 
 def _print_table(stats: ValidityStats, source: Path) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(
-        title=f"Validity ratio r_s/(r_t+ε) — {source.name} (parity: |ρ-1| ≤ {stats.parity_tol:g})",
+        title=f"Validity ratio r_s/(r_t+ε) — {escape(source.name)} (parity: |ρ-1| ≤ {stats.parity_tol:g})",
         title_justify="left",
     )
     table.add_column("")

@@ -10,6 +10,7 @@ import yaml
 
 from vcrd_core.config.loader import load_config, resolved_dict, validate_components
 from vcrd_core.config.schema import config_schema
+from vcrd_core.errors import VcrdError
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -35,9 +36,12 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _schema(args: argparse.Namespace) -> int:
-    text = json.dumps(config_schema(), indent=2)
+    text = json.dumps(config_schema(), indent=2, allow_nan=False)
     if args.output:
-        Path(args.output).write_text(text + "\n", encoding="utf-8")
+        try:
+            Path(args.output).write_text(text + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise VcrdError(f"cannot write the schema to '{args.output}': {exc.strerror or exc}") from None
         print(f"wrote {args.output}")
     else:
         print(text)

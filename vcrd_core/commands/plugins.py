@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2))
     else:
         from rich.console import Console
+        from rich.markup import escape
         from rich.table import Table
 
         console = Console()
@@ -53,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
             for col in ("name", "distribution", "summary"):
                 table.add_column(col)
             for item in items:
-                table.add_row(item["name"], f"{item['distribution']} {item['version']}".strip(), item["summary"])
+                cells = (item["name"], f"{item['distribution']} {item['version']}".strip(), item["summary"])
+                table.add_row(*(escape(c) for c in cells))  # plugin text is not rich markup
             console.print(table)
     for failure in load_failures():
         print(f"error: {failure}", file=sys.stderr)

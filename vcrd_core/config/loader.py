@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from vcrd_core.component import ComponentSpec
+from vcrd_core.component import Component, ComponentSpec
 from vcrd_core.config.models import RunConfig
 from vcrd_core.errors import ConfigError, VcrdError
 from vcrd_core.registry import create
@@ -61,15 +62,70 @@ def _node_locations(node: yaml.Node, file: str, prefix: str, out: dict[str, str]
             _node_locations(item, file, name, out)
 
 
+class _Refused(yaml.MarkedYAMLError):
+    """YAML that parses but that vcrd refuses (duplicate keys, aliases)."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``SafeLoader`` (no tags that execute code) that also refuses duplicate keys, which YAML would
+    silently resolve to the last one, and aliases, whose expansion can be exponential (use ``extends``).
+    Floats are read as YAML 1.2 does, so ``1e-8`` is a number, not the string YAML 1.1 makes of it."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise _Refused(
+                None,
+                None,
+                f"alias '*{event.anchor}' is not supported; use extends: to share settings",
+                event.start_mark,
+            )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                first = seen[key].start_mark.line + 1
+                raise _Refused(None, None, f"duplicate key '{key}' (first at line {first})", key_node.start_mark)
+            seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def parse_yaml_value(text: str) -> Any:
+    """One YAML value (a ``--set`` right-hand side) read like a config file's values."""
+    loader = _StrictLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
     if not path.exists():
         raise VcrdError(f"config file '{path}' does not exist")
     if path.is_dir():
         raise VcrdError(f"config file '{path}' is a directory; expected a YAML file")
-    text = path.read_text(encoding="utf-8")
     try:
-        data = yaml.safe_load(text)
-        node = yaml.compose(text)
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise VcrdError(f"{path}: not UTF-8 text (byte {exc.start}); save the config as UTF-8") from None
+    loader = _StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except _Refused as exc:
+        mark = exc.problem_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise VcrdError(f"{where}: {exc.problem}") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
@@ -77,27 +133,50 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
         raise VcrdError(f"{where}: YAML syntax error: {problem}") from None
     except yaml.YAMLError as exc:
         raise VcrdError(f"{path}: YAML error: {str(exc).splitlines()[0]}") from None
+    except RecursionError:
+        raise VcrdError(f"{path}: nested too deeply to be a run config") from None
+    finally:
+        loader.dispose()
     if data is None:
         raise VcrdError(f"{path}: the file is empty; expected a mapping with sections such as models, data, objective")
     if not isinstance(data, dict):
         raise VcrdError(f"{path}:1: the top level must be a mapping of sections, not a {type(data).__name__}")
     locations: dict[str, str] = {}
-    if node is not None:
-        _node_locations(node, str(path), "", locations)
+    _node_locations(node, str(path), "", locations)
     return data, locations
 
 
-def _merge(base: Any, over: Any, top: bool = True) -> Any:
-    """Deep merge; below the top level (whose ``name`` is the run's name), a mapping whose ``name``
-    differs from the base's is a different component and replaces it whole."""
+def _merge(base: Any, over: Any, path: str = "", replaced: list[str] | None = None) -> Any:
+    """Deep merge of ``over`` onto ``base``; ``replaced`` collects the paths ``over`` replaced whole.
+
+    Below the top level (whose ``name`` is the run's name), a mapping whose ``name`` differs from the
+    base's is a different component and replaces it whole.
+    """
     if isinstance(base, dict) and isinstance(over, dict):
-        if not top and "name" in over and "name" in base and over["name"] != base["name"]:
+        if path and "name" in over and "name" in base and over["name"] != base["name"]:
+            if replaced is not None:
+                replaced.append(path)
             return copy.deepcopy(over)
         merged = copy.deepcopy(base)
         for key, value in over.items():
-            merged[key] = _merge(merged[key], value, top=False) if key in merged else copy.deepcopy(value)
+            child = join_path(path, key)
+            merged[key] = _merge(merged[key], value, child, replaced) if key in merged else copy.deepcopy(value)
         return merged
+    if replaced is not None:
+        replaced.append(path)
     return copy.deepcopy(over)
+
+
+def _without_under(locations: dict[str, str], paths: list[str]) -> dict[str, str]:
+    """``locations`` minus every entry strictly below one of ``paths`` (their values were replaced)."""
+    prefixes = tuple(f"{p}." for p in paths if p)
+    return {k: v for k, v in locations.items() if not k.startswith(prefixes)} if prefixes else dict(locations)
+
+
+def _layer(base: RawConfig, over: RawConfig) -> RawConfig:
+    replaced: list[str] = []
+    data = _merge(base.data, over.data, "", replaced)
+    return RawConfig(data, {**_without_under(base.locations, replaced), **over.locations})
 
 
 def _load_file(path: Path, stack: tuple[Path, ...]) -> RawConfig:
@@ -120,9 +199,16 @@ def _load_file(path: Path, stack: tuple[Path, ...]) -> RawConfig:
             raise ConfigError("extends", f"circular extends: {chain}", where)
         if not base_path.exists():
             raise ConfigError("extends", f"base file '{base}' does not exist (looked for {base_path})", where)
-        loaded = _load_file(base_path, (*stack, base_path))
-        merged = RawConfig(_merge(merged.data, loaded.data), {**merged.locations, **loaded.locations})
-    return RawConfig(_merge(merged.data, data), {**merged.locations, **locations})
+        if not base_path.is_file():
+            raise ConfigError("extends", f"base '{base}' is not a file ({base_path})", where)
+        try:
+            loaded = _load_file(base_path, (*stack, base_path))
+        except ConfigError:
+            raise
+        except VcrdError as exc:
+            raise ConfigError("extends", f"base file '{base}': {exc}", where) from None
+        merged = _layer(merged, loaded)
+    return _layer(merged, RawConfig(data, locations))
 
 
 def _component_fields(model: type[BaseModel], key: str) -> tuple[type[BaseModel] | None, bool]:
@@ -155,35 +241,92 @@ def _check_set_path(path: list[str]) -> None:
         model = sub
 
 
+def _default_component_name(path: list[str]) -> str | None:
+    """The name of the component a config gets at ``path`` when it does not name one (None: no default)."""
+    field = RunConfig.model_fields.get(path[0])
+    if field is None:
+        return None
+    if field.default_factory is not None:
+        value: Any = field.default_factory()  # type: ignore[call-arg]
+    else:
+        value = field.default
+    for key in path[1:]:
+        if value is None:
+            return None
+        value = getattr(value, key, None) if not key.isdigit() else None
+    return value.name if isinstance(value, ComponentSpec) else None
+
+
+def _is_component_path(path: list[str]) -> bool:
+    model: type[BaseModel] | None = RunConfig
+    for key in path:
+        if model is None or key.isdigit():
+            continue
+        model, _ = _component_fields(model, key)
+    return model is not None and issubclass(model, ComponentSpec)
+
+
 def apply_set(raw: RawConfig, assignment: str) -> None:
-    """Apply one ``a.b.c=value`` override in place (value parsed as YAML)."""
+    """Apply one ``a.b.c=value`` override in place (value parsed as YAML).
+
+    Setting a component's ``name`` to another component replaces the block whole (as ``extends`` does), so
+    the old component's params never leak into the new one; setting a param of a component the file does
+    not spell out starts from the default component there.
+    """
     if "=" not in assignment:
         raise VcrdError(f"{SETS} '{assignment}': expected PATH=VALUE, e.g. objective.teacher_prefix.lambda=2")
     dotted, text = assignment.split("=", 1)
-    path = [p for p in dotted.strip().split(".")]
+    dotted = dotted.strip()
+    path = dotted.split(".")
     if not all(path):
         raise VcrdError(f"{SETS} '{assignment}': empty key in path '{dotted}'")
     _check_set_path(path)
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
+        value = parse_yaml_value(text) if text.strip() else ""
     except yaml.YAMLError as exc:
         raise VcrdError(f"{SETS} '{assignment}': value is not valid YAML: {str(exc).splitlines()[0]}") from None
+
+    def refuse(message: str) -> VcrdError:
+        return ConfigError(dotted, message, SETS)
+
     node: Any = raw.data
-    for key in path[:-1]:
-        if isinstance(node, list) and key.isdigit() and int(key) < len(node):
+    for i, key in enumerate(path[:-1]):
+        here = ".".join(path[: i + 1])
+        if isinstance(node, list):
+            if not key.isdigit() or int(key) >= len(node):
+                raise refuse(f"'{key}' is not an index of the {len(node)}-item list at {'.'.join(path[:i])}")
             node = node[int(key)]
             continue
         if not isinstance(node, dict):
-            raise VcrdError(f"{SETS} '{assignment}': '{key}' is inside a {type(node).__name__}, not a mapping")
-        node = node.setdefault(key, {})
+            raise refuse(f"'{'.'.join(path[:i])}' holds a {type(node).__name__}, not a mapping")
+        if key.isdigit():
+            parent = ".".join(path[:i]) or "the top level"
+            raise refuse(f"'{key}' is a list index, but {parent} is not a list here")
+        if node.get(key) is None:
+            node[key] = [] if path[i + 1].isdigit() else {}
+            raw.locations[here] = SETS
+        into_params = path[i + 1] == "params" and _is_component_path(path[: i + 1])
+        if into_params and isinstance(node[key], dict) and "name" not in node[key]:
+            default = _default_component_name(path[: i + 1])
+            if default is None:
+                raise refuse(f"set {here}.name first: there is no default component at {here}")
+            node[key]["name"] = default
+        node = node[key]
     last = path[-1]
-    if isinstance(node, list) and last.isdigit() and int(last) < len(node):
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise refuse(f"'{last}' is not an index of the {len(node)}-item list at {'.'.join(path[:-1])}")
         node[int(last)] = value
     elif isinstance(node, dict):
+        parent_is_component = len(path) > 1 and _is_component_path(path[:-1])
+        if last == "name" and parent_is_component and node.get("name") not in (None, value):
+            node.clear()  # another component: its params start from its own defaults
+            raw.locations = _without_under(raw.locations, [".".join(path[:-1])])
         node[last] = value
     else:
-        raise VcrdError(f"{SETS} '{assignment}': cannot set '{last}' inside a {type(node).__name__}")
-    raw.locations[".".join(path)] = SETS
+        raise refuse(f"'{'.'.join(path[:-1])}' holds a {type(node).__name__}, not a mapping")
+    raw.locations = _without_under(raw.locations, [dotted])
+    raw.locations[dotted] = SETS
 
 
 def load_raw(path: str | Path, overrides: list[str] | None = None) -> RawConfig:
@@ -210,12 +353,34 @@ def _walk_specs(value: Any, path: str) -> list[tuple[str, ComponentSpec]]:
     return found
 
 
+def _nested_specs(params: BaseModel, path: str) -> list[tuple[str, ComponentSpec]]:
+    """``{name, params}`` blocks inside a component's validated params (``clamp``'s ``inner``)."""
+    found: list[tuple[str, ComponentSpec]] = []
+    for name, fld in type(params).model_fields.items():
+        value = getattr(params, name)
+        items = enumerate(value) if isinstance(value, list) else [(None, value)]
+        for i, item in items:
+            if isinstance(item, ComponentSpec) and item.kind is not None:
+                found.append((join_path(path, "params", fld.alias or name, i), item))
+    return found
+
+
+def iter_components(config: RunConfig) -> list[tuple[str, Component]]:
+    """Every component of ``config``, nested ones included, as ``(YAML path, instance)``, outer first."""
+    pending = _walk_specs(config, "")
+    out: list[tuple[str, Component]] = []
+    while pending:
+        path, spec = pending.pop(0)
+        assert spec.kind is not None
+        instance = create(spec.kind, spec.name, spec.params, path=path)
+        out.append((path, instance))
+        pending[0:0] = _nested_specs(instance.params, path)
+    return out
+
+
 def validate_components(config: RunConfig) -> dict[str, Any]:
     """Phase two: every ``{name, params}`` block against its plugin; returns the instances by path."""
-    instances: dict[str, Any] = {}
-    for path, spec in _walk_specs(config, ""):
-        assert spec.kind is not None
-        instances[path] = create(spec.kind, spec.name, spec.params, path=path)
+    instances = dict(iter_components(config))
     needs_judge = []
     for name, stream in config.streams().items():
         rule = instances[f"objective.{name}.weighting" if stream.weighting else "weighting"]
@@ -250,11 +415,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
 
 
 def resolved_dict(config: RunConfig) -> dict[str, Any]:
-    """The config as plain data, every component's params filled in with their defaults."""
+    """The config as plain data, every component's params (nested ones too) filled in with their defaults."""
     data = config.model_dump(mode="json", by_alias=True)
-    for path, spec in _walk_specs(config, ""):
-        assert spec.kind is not None
-        component = create(spec.kind, spec.name, spec.params, path=path)
+    for path, component in iter_components(config):
         node: Any = data
         for key in path.split("."):
             node = node[int(key)] if isinstance(node, list) else node[key]

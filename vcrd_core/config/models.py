@@ -18,7 +18,8 @@ Proposal = Literal["sample", "greedy"]
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # No inf/NaN anywhere: a run cannot use them, and YAML's .inf would otherwise validate.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ModelSpec(Section):
@@ -150,7 +151,7 @@ class RunConfig(Section):
     """A whole vcrd run: rollouts → scoring → training → evaluation."""
 
     name: str = "vcrd"
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32, description="Seeds torch, numpy and Python (numpy needs [0, 2**32)).")
     models: ModelsConfig
     data: DataConfig
     rollouts: RolloutsConfig = Field(default_factory=RolloutsConfig)

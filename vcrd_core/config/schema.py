@@ -6,6 +6,7 @@ Each ``{name, params}`` block becomes a ``oneOf`` over the installed components 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from vcrd_core import kinds as K
@@ -63,12 +64,32 @@ def _component_schema(kind: str, defs: dict[str, Any]) -> dict[str, Any]:
     return {"oneOf": options, "description": f"A {K.SINGULAR[kind]}: {{name, params}}."}
 
 
+def _finite(schema: Any) -> Any:
+    """JSON has no Infinity/NaN: drop such defaults and bounds (e.g. ``clamp``'s ``max: inf``)."""
+    if isinstance(schema, dict):
+        return {k: _finite(v) for k, v in schema.items() if not (isinstance(v, float) and not math.isfinite(v))}
+    if isinstance(schema, list):
+        return [_finite(v) for v in schema]
+    return schema
+
+
 def config_schema() -> dict[str, Any]:
-    """The JSON Schema (draft 2020-12) of :class:`RunConfig` with the installed components."""
+    """The JSON Schema (draft 2020-12) of :class:`RunConfig` with the installed components.
+
+    A file with ``extends:`` may leave out what its bases provide, so ``models`` and ``data`` are required
+    only in a file without ``extends``.
+    """
     schema = RunConfig.model_json_schema(by_alias=True)
     defs = schema.setdefault("$defs", {})
     for kind, cls_name in SPEC_CLASSES.items():
         defs[cls_name] = _component_schema(kind, defs)
+    schema["properties"]["extends"] = {
+        "description": "Base config file(s), relative to this file, merged under it in order.",
+        "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+    }
+    required = schema.pop("required", [])
+    schema["if"] = {"not": {"required": ["extends"]}}
+    schema["then"] = {"required": required}
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "vcrd run config"
-    return schema
+    return _finite(schema)

@@ -4,6 +4,7 @@ through the real CLI: exit code 2, no traceback."""
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -217,3 +218,93 @@ def test_cli_refuses_missing_file_and_unknown_set(tmp_path: Path, write_config) 
     bad_set = run_vcrd("config", "validate", str(path), "--set", "training.lr=1")
     assert bad_set.returncode == 2
     assert "unknown key 'lr' at training" in bad_set.stderr and "Traceback" not in bad_set.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "objective: {reduction: token_mean}\nobjective: {temperature: 2}\n",
+            ":2:1: duplicate key 'objective' (first at line 1)",
+        ),
+        ("a: &x [1, 2]\nb: *x\n", ":2:4: alias '*x' is not supported; use extends: to share settings"),
+    ],
+    ids=["duplicate_key", "alias"],
+)
+def test_yaml_that_would_silently_mislead_is_refused(text: str, expected: str, write_config) -> None:
+    path = write_config(text)
+    with pytest.raises(VcrdError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path}{expected}"
+
+
+def test_config_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "latin.yaml"
+    path.write_bytes(b"name: caf\xe9\n")
+    with pytest.raises(VcrdError, match=r"latin.yaml: not UTF-8 text \(byte 9\)"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (with_(seed=-1), "seed: Input should be greater than or equal to 0"),
+        (with_(seed=2**40), "seed: Input should be less than 4294967296"),
+        (with_(training={"learning_rate": float("inf")}), "training.learning_rate: Input should be a finite number"),
+        (with_(objective={"teacher_prefix": {"lam": 2}}), "objective.teacher_prefix.lam: unknown key 'lam'"),
+    ],
+    ids=["negative_seed", "huge_seed", "infinite_lr", "field_name_instead_of_alias"],
+)
+def test_values_a_run_cannot_use_are_refused(data: Any, expected: str, write_config) -> None:
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        load_config(write_config(data))
+
+
+@pytest.mark.parametrize(
+    ("assignment", "expected"),
+    [
+        ("evaluation.evaluators.0.name=x", "'0' is not an index of the 0-item list at evaluation.evaluators"),
+        ("training.lora.target_modules.9=x", "'9' is not an index of the 7-item list at training.lora.target_modules"),
+        ("training.lora.0=x", "--set, training.lora.0: unknown key '0'. Valid keys: enabled, r, alpha"),
+        ("training.lora.r.x=1", "--set, training.lora.r.x: 'training.lora.r' holds a int, not a mapping"),
+        ("judge.params.path=/x", "--set, judge.params.path: set judge.name first: there is no default component"),
+    ],
+    ids=[
+        "index_into_missing_list",
+        "index_out_of_range",
+        "index_into_a_mapping",
+        "into_a_scalar",
+        "params_without_default",
+    ],
+)
+def test_set_paths_that_do_not_fit_the_config_are_refused(assignment: str, expected: str, write_config) -> None:
+    data = with_(judge=None, weighting={"name": "constant"})
+    data["training"] = {"lora": {"target_modules": ["q", "k", "v", "o", "g", "u", "d"], "r": 8}}
+    with pytest.raises(ConfigError) as info:
+        load_config(write_config(data), [assignment])
+    assert expected in str(info.value)
+
+
+def test_set_replacing_a_list_drops_the_files_locations_inside_it(write_config) -> None:
+    path = write_config(
+        "models: {teacher: {path: /t}, student: {path: /s}}\ndata: {train: d}\n"
+        "judge: {name: oracle}\ntraining:\n  lora:\n    target_modules: [a, b]\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ["training.lora.target_modules=[a, 1]"])
+    assert str(info.value).startswith("--set, training.lora.target_modules.1: Input should be a valid string")
+
+
+def test_missing_param_of_a_component_replaced_by_extends_points_at_the_child(write_config, tmp_path: Path) -> None:
+    write_config({**MINIMAL_CONFIG, "judge": {"name": "teacher_likelihood", "params": {"top_k": 5}}}, name="b.yaml")
+    child = write_config("extends: b.yaml\njudge:\n  name: prm_value_head\n", name="c.yaml")
+    with pytest.raises(ConfigError) as info:
+        load_config(child)
+    assert str(info.value).startswith(f"{child}:2, judge.params.path: missing required field 'path'")
+
+
+def test_extends_of_a_directory_names_the_extends_line(write_config, tmp_path: Path) -> None:
+    (tmp_path / "adir").mkdir()
+    path = write_config({"extends": "adir", **MINIMAL_CONFIG})
+    with pytest.raises(ConfigError, match=r"run.yaml:1, extends: base 'adir' is not a file"):
+        load_config(path)

@@ -109,13 +109,15 @@ def test_json_schema_lists_installed_components_and_accepts_the_examples() -> No
     divergences = {o["properties"]["name"]["const"] for o in schema["$defs"]["DivergenceSpec"]["oneOf"]}
     assert divergences == {"ab", "fkl", "jsd", "rkl", "skl", "srkl"}
     validator = jsonschema.Draft202012Validator(schema)
-    for name in ("qwen25_math_table9.yaml",):
+    for name in ("qwen25_math_table9.yaml", "vcrd_prob.yaml"):
         data = yaml.safe_load((EXAMPLES / name).read_text())
         errors = sorted(validator.iter_errors(data), key=str)
         assert errors == [], errors[0].message if errors else ""
     bad = yaml.safe_load((EXAMPLES / "qwen25_math_table9.yaml").read_text())
     bad["objective"]["teacher_prefix"]["divergence"]["params"]["alpha"] = 3
     assert list(validator.iter_errors(bad)), "alpha = 3 must violate the exported schema"
+    assert list(validator.iter_errors({"data": {"train": "x"}})), "models is required without extends"
+    json.loads(json.dumps(schema, allow_nan=False))  # strict JSON: no Infinity (clamp's max default)
 
 
 def test_cli_validate_show_and_schema(tmp_path: Path) -> None:
@@ -174,3 +176,39 @@ def test_objective_is_built_from_the_config_section(write_config) -> None:
     loss = objective.losses["teacher_prefix"]
     assert (loss.lam, loss.divergence.name, loss.divergence.params.beta) == (2.0, "jsd", 0.3)
     assert (objective.reduction, objective.temperature, objective.vocab_size) == (Reduction.TOKEN_MEAN, 2.0, 17)
+
+
+def test_set_swapping_a_component_drops_the_old_components_params() -> None:
+    table9 = EXAMPLES / "qwen25_math_table9.yaml"
+    config = load_config(table9, ["objective.teacher_prefix.divergence.name=fkl", "judge.name=teacher_likelihood"])
+    assert config.objective.teacher_prefix.divergence.name == "fkl"
+    assert config.objective.teacher_prefix.divergence.params == {}  # skl's alpha is gone
+    assert config.judge is not None and config.judge.params == {}  # the PRM's path is gone
+
+
+def test_set_into_a_default_component_starts_from_that_component(write_config) -> None:
+    config = load_config(
+        write_config(MINIMAL_CONFIG),
+        ["objective.teacher_prefix.divergence.params.alpha=0.2", "weighting.params.eps=1e-6"],
+    )
+    assert config.objective.teacher_prefix.divergence.name == "skl"
+    assert config.objective.teacher_prefix.divergence.params == {"alpha": 0.2}
+    assert (config.weighting.name, config.weighting.params) == ("ratio", {"eps": 1e-6})
+
+
+def test_set_a_judge_where_the_file_has_none(write_config) -> None:
+    data = {**MINIMAL_CONFIG, "judge": None, "weighting": {"name": "constant"}}
+    assert load_config(write_config(data), ["judge.name=oracle"]).judge.name == "oracle"
+
+
+def test_nested_components_are_resolved_and_recorded(write_config) -> None:
+    from vcrd_core.provenance import component_providers
+
+    data = {**MINIMAL_CONFIG, "weighting": {"name": "clamp", "params": {"inner": {"name": "log_clamp"}, "max": 1}}}
+    config = load_config(write_config(data))
+    resolved = resolved_dict(config)["weighting"]["params"]
+    assert resolved["inner"]["params"]["gamma"] == 0.5  # the inner rule's defaults are filled in
+    assert resolved["inner"]["params"]["inner"] == {"name": "ratio", "params": {"eps": 1e-8}}
+    providers = component_providers(config)
+    assert providers["weighting.params.inner"]["name"] == "log_clamp"
+    assert providers["weighting.params.inner.params.inner"]["distribution"] == "vcrd-weighting"
