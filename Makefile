@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.vcrd-installed
-DISTS := -e '.[dev]' -e plugins/divergences -e plugins/weighting -e plugins/judges
+DISTS := -e '.[dev]'
 PYTEST_ARGS ?=
 
 .PHONY: setup test lint demo bench clean
@@ -13,7 +13,7 @@ setup: $(STAMP)
 
 # Re-installs when a project file or the pins change. torch is pinned to the CPU build on these
 # machines' disk (constraints.txt); a bare `torch` could pull a multi-GB CUDA build.
-$(STAMP): pyproject.toml plugins/*/pyproject.toml constraints.txt Makefile
+$(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints.txt "setuptools>=77" wheel

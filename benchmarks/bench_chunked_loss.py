@@ -6,7 +6,7 @@ Variants (each measured in its own subprocess so that peak RSS is its own):
   under autograd; every intermediate lives until backward.
 * ``loop``: a plain row-chunk loop under autograd; it saves nothing, since every chunk's
   intermediates are kept for backward (SPEC decision 5).
-* ``engine``: :func:`vcrd_core.chunked.chunked_divergence`, the custom autograd.Function that
+* ``engine``: :func:`vcrd_core.losses.chunked.chunked_divergence`, the custom autograd.Function that
   computes each chunk's gradient in forward and frees the chunk.
 
 Peak memory is ``ru_maxrss`` at the end minus the RSS right after the inputs were allocated, i.e.
@@ -45,7 +45,7 @@ def worker(args: argparse.Namespace) -> None:
     import torch
 
     import vcrd_core
-    from vcrd_core.chunked import chunked_divergence
+    from vcrd_core.losses.chunked import chunked_divergence
 
     torch.set_num_threads(args.threads)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]

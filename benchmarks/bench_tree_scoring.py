@@ -3,7 +3,7 @@
 A Qwen2-shaped body (random weights, hidden 256, 4 layers, 4 heads of 64, 2 KV heads) scores one sequence of a
 32-token prompt and ``T`` response tokens, at every response position, three ways:
 
-* ``tree``: :func:`vcrd_core.tree.tree_hidden_states`, one forward pass over the sequence plus ``T`` branches;
+* ``tree``: :func:`vcrd_core.judging.tree.tree_hidden_states`, one forward pass over the sequence plus ``T`` branches;
 * ``tree/128``: the same with ``positions_per_pass=128`` (the sequence once with a KV cache, then one pass per
   block of 128 branches) — bounded memory for long responses;
 * ``recompute``: one forward pass per position over ``y_<t, alt_t`` (the actual tokens' scores come from one
@@ -27,7 +27,7 @@ import time
 import torch
 from transformers import DynamicCache, Qwen2Config, Qwen2Model
 
-from vcrd_core.tree import tree_hidden_states
+from vcrd_core.judging.tree import tree_hidden_states
 
 PROMPT = 32
 VOCAB = 1024

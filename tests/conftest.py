@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 import yaml
 
-from vcrd_core.plugins import get_plugin_manager
+from vcrd_core.plugins.manager import get_plugin_manager
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 
 #: Tests see only the built-in plugins, whatever else is installed (tests that add a plugin extend this).
-BUILT_IN_PLUGINS = "vcrd-divergences,vcrd-weighting,vcrd-judges"
+BUILT_IN_PLUGINS = "vcrd"
 os.environ["VCRD_PLUGINS"] = BUILT_IN_PLUGINS
 os.environ.pop("VCRD_DISABLE_PLUGINS", None)
 

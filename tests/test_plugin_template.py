@@ -69,7 +69,7 @@ def test_template_plugin_installs_lists_validates_and_weights(tmp_path: Path) ->
     rules = {d["name"]: d for d in json.loads(listed.stdout)["components"]["weighting"]}
     assert rules["tempered_ratio"]["distribution"] == "vcrd-example-weighting"
     assert rules["tempered_ratio"]["version"] == "0.1.0"
-    assert rules["ratio"]["distribution"] == "vcrd-weighting"  # the built-ins still load beside it
+    assert rules["ratio"]["plugin"] == "vcrd-weighting"  # the built-ins still load beside it
 
     config = tmp_path / "run.yaml"
     config.write_text(

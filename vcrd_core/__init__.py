@@ -5,21 +5,11 @@ Stable public API: :func:`available`, :func:`create`, the component base classes
 
 from __future__ import annotations
 
-from vcrd_core.component import (
-    Component,
-    ComponentSpec,
-    DivergenceSpec,
-    EvaluatorSpec,
-    GeneratorSpec,
-    JudgeSpec,
-    WeightingSpec,
-)
-from vcrd_core.divergence import Divergence
 from vcrd_core.errors import ConfigError, ParamError, PluginError, VcrdError
 from vcrd_core.hookspecs import hookimpl
-from vcrd_core.judge import Judge, JudgeContext, JudgeRequest, JudgeScores, Need, Stream, TokenJudge
-from vcrd_core.kinds import DIVERGENCES, EVALUATORS, GENERATORS, JUDGES, KINDS, WEIGHTING
-from vcrd_core.objective import (
+from vcrd_core.judging.judge import Judge, JudgeContext, JudgeRequest, JudgeScores, Need, Stream, TokenJudge
+from vcrd_core.losses.divergence import Divergence
+from vcrd_core.losses.objective import (
     ObjectiveOutput,
     Reduction,
     StreamInputs,
@@ -28,9 +18,19 @@ from vcrd_core.objective import (
     VcrdWeightWarning,
     decision_mask,
 )
-from vcrd_core.plugins import PLUGIN_API_VERSION
-from vcrd_core.registry import available, create
-from vcrd_core.weighting import WeightingRule
+from vcrd_core.losses.weighting import WeightingRule
+from vcrd_core.plugins.component import (
+    Component,
+    ComponentSpec,
+    DivergenceSpec,
+    EvaluatorSpec,
+    GeneratorSpec,
+    JudgeSpec,
+    WeightingSpec,
+)
+from vcrd_core.plugins.kinds import DIVERGENCES, EVALUATORS, GENERATORS, JUDGES, KINDS, WEIGHTING
+from vcrd_core.plugins.manager import PLUGIN_API_VERSION
+from vcrd_core.plugins.registry import available, create
 
 __version__ = "0.1.0"
 

@@ -1,8 +1,8 @@
 """``vcrd analyze``: validity statistics of scored rollouts and a Fig.-1-like histogram.
 
-Reads a score-records file (:mod:`vcrd_core.score_records`), prints per stream the shares of
+Reads a score-records file (:mod:`vcrd_core.judging.score_records`), prints per stream the shares of
 attenuation / parity / amplification points, the share with ``r_s ≥ r_t`` and the ratio quantiles,
-and writes ``validity_stats.json`` and ``validity_hist.png`` (:mod:`vcrd_core.analysis`).
+and writes ``validity_stats.json`` and ``validity_hist.png`` (:mod:`vcrd_core.judging.analysis`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import argparse
 import json
 from pathlib import Path
 
-from vcrd_core.analysis import (
+from vcrd_core.errors import VcrdError
+from vcrd_core.judging.analysis import (
     DEFAULT_PARITY_TOL,
     HISTOGRAM_FILE,
     STATS_FILE,
@@ -20,8 +21,7 @@ from vcrd_core.analysis import (
     plot_validity_histogram,
     validity_stats,
 )
-from vcrd_core.errors import VcrdError
-from vcrd_core.score_records import read_records
+from vcrd_core.judging.score_records import read_records
 
 
 def _percent(value: float | None) -> str:

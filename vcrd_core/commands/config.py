@@ -21,7 +21,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from vcrd_core.preflight import preflight
+    from vcrd_core.runs.preflight import preflight
 
     config = load_config(args.file, args.set)
     found = preflight(config)

@@ -7,9 +7,9 @@ import json
 import sys
 from typing import Any
 
-from vcrd_core import kinds as K
-from vcrd_core.plugins import get_plugin_manager, load_failures, plugin_info
-from vcrd_core.registry import entries
+from vcrd_core.plugins import kinds as K
+from vcrd_core.plugins.manager import get_plugin_manager, load_failures, plugin_info
+from vcrd_core.plugins.registry import entries
 
 
 def listing() -> dict[str, Any]:

@@ -1,6 +1,6 @@
-"""Run configuration: pydantic models, the YAML loader (extends, --set, file:line errors) and the JSON Schema."""
+"""Run configuration: pydantic models (``models``), the YAML loader with extends, --set and file:line errors
+(``loader``), pydantic errors as one-line config errors (``validation``) and the JSON Schema (``schema``).
 
-from vcrd_core.config.loader import load_config, load_raw
-from vcrd_core.config.models import RunConfig
-
-__all__ = ["RunConfig", "load_config", "load_raw"]
+Import the submodules directly; this package imports nothing, so the plugin registry can use
+``validation`` without loading the config models.
+"""

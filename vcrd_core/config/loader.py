@@ -22,11 +22,11 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from vcrd_core.component import Component, ComponentSpec
 from vcrd_core.config.models import RunConfig
+from vcrd_core.config.validation import _models_in, join_path, to_config_error
 from vcrd_core.errors import ConfigError, VcrdError
-from vcrd_core.registry import create
-from vcrd_core.validation import _models_in, join_path, to_config_error
+from vcrd_core.plugins.component import Component, ComponentSpec
+from vcrd_core.plugins.registry import create
 
 SETS = "--set"
 

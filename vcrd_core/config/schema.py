@@ -9,9 +9,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from vcrd_core import kinds as K
 from vcrd_core.config.models import RunConfig
-from vcrd_core.registry import entries
+from vcrd_core.plugins import kinds as K
+from vcrd_core.plugins.registry import entries
 
 SPEC_CLASSES: dict[str, str] = {
     K.DIVERGENCES: "DivergenceSpec",

@@ -16,7 +16,7 @@ appended after ``a`` (after the actual *and* the alternative token, so both are 
 The judge renders the prompt in its own format (decode the policy's prompt ids to text, apply the judge's
 template, tokenize with the judge tokenizer) and appends the response ids as they are, which is why the policy
 vocabulary must be a subset of the judge's with equal ids. All decision points of a batch are scored in one
-tree-attention pass (:mod:`vcrd_core.tree`, SPEC decision 4).
+tree-attention pass (:mod:`vcrd_core.judging.tree`, SPEC decision 4).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from vcrd_core import JudgeContext, JudgeRequest, JudgeScores, Stream, TokenJudge, VcrdError
-from vcrd_core.tree import tree_hidden_states
+from vcrd_core.judging.tree import tree_hidden_states
 from vcrd_judges import prm_loading
 
 _DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

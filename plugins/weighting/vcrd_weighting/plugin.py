@@ -1,4 +1,4 @@
-"""Entry point of the ``vcrd-weighting`` distribution: registers the paper's weighting rules."""
+"""Entry point ``vcrd-weighting``: registers the paper's weighting rules."""
 
 from __future__ import annotations
 
@@ -10,5 +10,5 @@ VCRD_PLUGIN_API = 1
 
 @vcrd_core.hookimpl
 def vcrd_register_weighting() -> list[type[vcrd_core.WeightingRule]]:
-    """The weighting rules of SPEC's table: ratio, difference, student_only, constant, clamp, log_clamp."""
+    """The paper's weighting rules: ratio, difference, student_only, constant, clamp, log_clamp."""
     return list(RULES)

@@ -160,7 +160,7 @@ def test_constant_weights_need_no_judge(write_config) -> None:
 
 
 def test_objective_is_built_from_the_config_section(write_config) -> None:
-    from vcrd_core.objective import Reduction, VCRDObjective
+    from vcrd_core.losses.objective import Reduction, VCRDObjective
 
     data = {
         **MINIMAL_CONFIG,
@@ -202,7 +202,7 @@ def test_set_a_judge_where_the_file_has_none(write_config) -> None:
 
 
 def test_nested_components_are_resolved_and_recorded(write_config) -> None:
-    from vcrd_core.provenance import component_providers
+    from vcrd_core.runs.provenance import component_providers
 
     data = {**MINIMAL_CONFIG, "weighting": {"name": "clamp", "params": {"inner": {"name": "log_clamp"}, "max": 1}}}
     config = load_config(write_config(data))
@@ -211,4 +211,4 @@ def test_nested_components_are_resolved_and_recorded(write_config) -> None:
     assert resolved["inner"]["params"]["inner"] == {"name": "ratio", "params": {"eps": 1e-8}}
     providers = component_providers(config)
     assert providers["weighting.params.inner"]["name"] == "log_clamp"
-    assert providers["weighting.params.inner.params.inner"]["distribution"] == "vcrd-weighting"
+    assert providers["weighting.params.inner.params.inner"]["plugin"] == "vcrd-weighting"

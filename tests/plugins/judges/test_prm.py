@@ -18,7 +18,7 @@ from transformers import Qwen2ForCausalLM, Qwen2Model, Qwen2Tokenizer
 import vcrd_core
 from tests.tiny_models import tiny_qwen2_config
 from vcrd_core import ConfigError, JudgeContext, JudgeRequest, Stream, VcrdError
-from vcrd_core.judge import checked_scores
+from vcrd_core.judging.judge import checked_scores
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 #: printable ASCII and newline in byte-level spelling (space is "Ġ", newline "Ċ"), as in Qwen's vocabulary
@@ -444,7 +444,7 @@ def test_decision_points_on_prompt_tokens_are_refused(checkpoints):
 
 def test_both_judges_are_registered_with_a_docstring_summary():
     assert {"prm_value_head", "prm_classifier"} <= set(vcrd_core.available("judges"))
-    from vcrd_core.registry import entries
+    from vcrd_core.plugins.registry import entries
 
     found = entries("judges")
     assert found["prm_value_head"].summary.startswith("Value-head PRM judge")

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 import vcrd_core
 from vcrd_core import ConfigError
-from vcrd_core.registry import entries
+from vcrd_core.plugins.registry import entries
 
 RULE_NAMES = ["clamp", "constant", "difference", "log_clamp", "ratio", "student_only"]
 
@@ -41,7 +41,7 @@ def test_the_plugin_registers_exactly_the_six_rules_of_the_spec() -> None:
     assert set(RULE_NAMES) <= set(vcrd_core.available(vcrd_core.WEIGHTING))
     for name in RULE_NAMES:
         entry = entries(vcrd_core.WEIGHTING)[name]
-        assert entry.provider.distribution == "vcrd-weighting"
+        assert (entry.provider.name, entry.provider.distribution) == ("vcrd-weighting", "vcrd")
 
 
 @pytest.mark.parametrize("name", RULE_NAMES)

@@ -1,0 +1,155 @@
+"""The judge interface: local-validity scores ``r(c, a) in [0, 1]`` labelled by role.
+
+At every decision point ``t`` of a stream (SPEC's indexing convention: the token at position ``t``
+of a rollout, predicted from the logits at ``t-1``) a judge scores two proposals at the same prefix:
+
+* teacher-prefix stream: the rollout token is the teacher's ``a^T_t`` and the proposal is the
+  student's ``a^S_t``;
+* student-prefix stream: the rollout token is the student's ``a^S_t`` and the proposal is the
+  teacher's ``a^T_t``.
+
+Judges return :class:`JudgeScores` with ``r_s`` (the student's token) and ``r_t`` (the teacher's),
+so weighting rules never need to know which stream they are in. Creating a judge from a config
+loads nothing; :meth:`Judge.load` receives the run-time context.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from vcrd_core.errors import VcrdError
+from vcrd_core.plugins import kinds as K
+from vcrd_core.plugins.component import Component
+
+
+class Stream(str, enum.Enum):
+    """Which rollout the prefixes come from."""
+
+    TEACHER_PREFIX = "teacher_prefix"
+    STUDENT_PREFIX = "student_prefix"
+
+
+class Need(str, enum.Enum):
+    """What a judge reads from a :class:`JudgeRequest` besides the masks."""
+
+    TOKEN_IDS = "token_ids"  # the rollout tokens and the other model's proposals
+    TEACHER_LOGITS = "teacher_logits"  # the teacher logits already computed by the step
+    STUDENT_GREEDY = "student_greedy"  # the student's greedy token at every prefix
+
+
+@dataclass
+class JudgeContext:
+    """Run-time context handed to :meth:`Judge.load` (never to ``__init__``)."""
+
+    tokenizer: Any = None
+    device: torch.device | str = "cpu"
+    dtype: torch.dtype = torch.float32
+    vocab_size: int | None = None  # the policy tokenizer's real vocabulary size
+    accelerator: Any = None
+
+
+@dataclass
+class JudgeRequest:
+    """One padded batch of one stream. Shapes: ``[B, L]`` unless noted.
+
+    ``teacher_logits`` is the teacher's unshifted output ``[B, L, V]`` (row ``t-1`` predicts token
+    ``t``); ``prompt_lengths`` ``[B]`` counts the prompt tokens after any left padding.
+    """
+
+    stream: Stream
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    decision_mask: torch.Tensor
+    proposals: torch.Tensor | None = None
+    student_greedy: torch.Tensor | None = None
+    teacher_logits: torch.Tensor | None = None
+    prompt_lengths: torch.Tensor | None = None
+
+
+@dataclass
+class JudgeScores:
+    """Scores at decision points (``[B, L]``, float32, 0 elsewhere)."""
+
+    r_s: torch.Tensor
+    r_t: torch.Tensor
+
+
+class Judge(Component):
+    """Base of judges. Subclasses set ``needs`` and implement :meth:`score` (or, for judges that
+    score token ids, :class:`TokenJudge`'s :meth:`TokenJudge.score_positions`)."""
+
+    kind: ClassVar[str] = K.JUDGES
+    needs: ClassVar[frozenset[Need]] = frozenset({Need.TOKEN_IDS})
+    #: Whether ``r_t`` scores the teacher's proposed token, so that where both proposals are the same
+    #: token the point is parity (``w = 1``) by definition. False for judges whose ``r_t`` is a baseline
+    #: that involves no teacher proposal (``teacher_likelihood``): callers then pass ``same_token=None``.
+    parity_on_same_token: ClassVar[bool] = True
+
+    def check(self, context: JudgeContext) -> None:
+        """Cheap run-time checks before any weight is read (paths, tokenizer, vocabulary rule), so that a
+        run refuses a bad judge before loading the policy models. Default: nothing to check."""
+
+    def load(self, context: JudgeContext) -> None:
+        """Receive run-time context (load weights, move to a device). Default: nothing to load."""
+        self.context = context
+
+    def score(self, request: JudgeRequest) -> JudgeScores:
+        raise NotImplementedError
+
+
+class TokenJudge(Judge):
+    """A judge that scores a rollout's own tokens and alternative tokens at the same prefixes."""
+
+    def score_positions(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        alt_ids: torch.Tensor,
+        score_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(r_actual, r_alt)`` with ``r_actual[:, t] = r(y_<t, y_t)``, ``r_alt[:, t] = r(y_<t, alt_t)``
+        at every position selected by ``score_mask`` (default: every non-padding position)."""
+        raise NotImplementedError
+
+    def score(self, request: JudgeRequest) -> JudgeScores:
+        if request.proposals is None:
+            raise VcrdError(f"judge '{self.name}' needs the other model's proposals (JudgeRequest.proposals)")
+        actual, alt = self.score_positions(
+            request.input_ids, request.attention_mask, request.proposals, request.decision_mask
+        )
+        if request.stream is Stream.TEACHER_PREFIX:
+            return JudgeScores(r_s=alt, r_t=actual)
+        return JudgeScores(r_s=actual, r_t=alt)
+
+
+def checked_scores(judge: Judge, request: JudgeRequest) -> JudgeScores:
+    """Call ``judge.score`` and refuse scores that are NaN or outside [0, 1] at decision points:
+    they must never be turned into weights."""
+    from vcrd_core.losses.objective import check_preceded_by_tokens
+
+    check_preceded_by_tokens(request.decision_mask.bool(), request.attention_mask, f"judge '{judge.name}'")
+    scores = judge.score(request)
+    mask = request.decision_mask.bool()
+    for role, values in (("r_s", scores.r_s), ("r_t", scores.r_t)):
+        if values.shape != mask.shape:
+            raise VcrdError(
+                f"judge '{judge.name}' returned {role} of shape {tuple(values.shape)}, expected {tuple(mask.shape)}"
+            )
+        picked = values[mask].float()
+        bad_nan = int(torch.isnan(picked).sum())
+        if bad_nan:
+            raise VcrdError(
+                f"judge '{judge.name}' returned NaN {role} scores at {bad_nan} of {picked.numel()} decision points "
+                f"({request.stream.value} stream); refusing to turn them into weights"
+            )
+        bad_range = int(((picked < 0) | (picked > 1)).sum())
+        if bad_range:
+            raise VcrdError(
+                f"judge '{judge.name}' returned {role} scores outside [0, 1] at {bad_range} decision points "
+                f"({request.stream.value} stream; min {picked.min().item():.4g}, max {picked.max().item():.4g})"
+            )
+    return scores

@@ -1,0 +1,408 @@
+r"""The validity-weighted distillation objective (Eq. 3–4), usable from any training loop.
+
+.. math::
+
+    \mathcal{L} = \lambda_T \sum_t w^T_t\, D_{\mathrm{SKL}}(p(\cdot|c^T_{t-1}) \,\|\, q_\theta(\cdot|c^T_{t-1}))
+                 + \lambda_S \sum_t w^S_t\, D_{\mathrm{SRKL}}(p(\cdot|c^S_{t-1}) \,\|\, q_\theta(\cdot|c^S_{t-1}))
+
+over the decision points ``t`` of each stream (SPEC "Indexing convention": the response token at
+position ``t``, whose distributions are the logits at row ``t-1``). Each stream's divergence is any
+:class:`vcrd_core.Divergence` (SKL and SRKL by default in configs; the baselines swap them).
+
+The objective returns *sums and counts* rather than a mean, so that gradient accumulation and
+multi-process training can normalise by the global count (all-reduced across processes and
+accumulation steps), and so that an HF ``Trainer.compute_loss``, TRL, or a hand-written loop can use
+it as a library: ``output.loss()`` for one batch, ``output.loss(counts=global_counts)`` otherwise.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+from vcrd_core.errors import VcrdError
+from vcrd_core.judging.judge import Stream
+from vcrd_core.losses.chunked import chunked_divergence
+from vcrd_core.losses.divergence import Divergence
+
+if TYPE_CHECKING:
+    from vcrd_core.config.models import ObjectiveConfig
+
+#: Quantiles of the weights reported per stream (name, q).
+WEIGHT_QUANTILES: tuple[tuple[str, float], ...] = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))
+
+
+def _quantile(ordered: torch.Tensor, q: float) -> torch.Tensor:
+    """The ``q`` quantile of sorted values, linear interpolation (``torch.quantile``'s default)."""
+    pos = q * (ordered.numel() - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, ordered.numel() - 1)
+    return ordered[lo] + (pos - lo) * (ordered[hi] - ordered[lo])
+
+
+class VcrdWeightWarning(UserWarning):
+    """Weights above the objective's ``weight_warn_max`` (the ratio rule reaches ``1/ε`` when ``r_t -> 0``)."""
+
+
+def decision_mask(attention_mask: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """The decision points ``[B, L]`` (bool): response tokens, EOS included, that are not padding.
+
+    Prompt tokens and padding are never decision points. Position 0 is never one either: a
+    decision point ``t`` reads the logits at row ``t-1``, which position 0 does not have.
+    Works with left and right padding alike (the masks are per position).
+    """
+    if attention_mask.shape != response_mask.shape or attention_mask.dim() != 2:
+        raise VcrdError(
+            f"decision_mask: attention_mask {tuple(attention_mask.shape)} and response_mask "
+            f"{tuple(response_mask.shape)} must both be [B, L]"
+        )
+    mask = attention_mask.bool() & response_mask.bool()
+    mask[:, 0] = False
+    check_preceded_by_tokens(mask, attention_mask, "decision_mask")
+    return mask
+
+
+def check_preceded_by_tokens(decision: torch.Tensor, attention_mask: torch.Tensor, where: str) -> None:
+    """Refuse a decision point ``t`` whose row ``t-1`` is padding: its logits are not ``p(·|c_{t-1})``.
+
+    Happens when a right-padded prompt is concatenated with its response (``[P P pad | R R]``).
+    """
+    follows_pad = decision[:, 1:] & ~attention_mask[:, :-1].bool()
+    if bool(follows_pad.any()):
+        b, t = (int(v) for v in follows_pad.nonzero()[0])
+        raise VcrdError(
+            f"{where}: decision point (row {b}, position {t + 1}) follows padding at position {t}, so its logits "
+            "row is not the prefix's; pack each sequence as prompt + response and pad only at the ends"
+        )
+
+
+@dataclass
+class StreamInputs:
+    """One stream's batch, all at token positions ``[B, L]``.
+
+    ``teacher_logits`` ``[B, L, V_t]`` and ``student_logits`` ``[B, L, V_s]`` are the models' unshifted
+    outputs (row ``t-1`` predicts token ``t``); the teacher's carry no gradient (they are detached).
+    ``decision_mask`` ``[B, L]`` (bool) marks decision points ``t`` (see :func:`decision_mask`);
+    ``weights`` ``[B, L]`` holds ``w_t`` at the same positions, or None for ``w = 1``.
+    """
+
+    teacher_logits: torch.Tensor
+    student_logits: torch.Tensor
+    decision_mask: torch.Tensor
+    weights: torch.Tensor | None = None
+
+
+class Reduction(str, enum.Enum):
+    """How one stream's weighted divergences ``w_t D_t`` become a loss.
+
+    * ``sequence_mean`` (default; DistiLLM-2's code, with which Table 9's learning rate was tuned):
+      :math:`\\frac{1}{B'} \\sum_b \\frac{1}{n_b} \\sum_t w_{b,t} D_{b,t}`, ``n_b`` the number of
+      decision points of sequence ``b`` (*not* :math:`\\sum_t w_{b,t}`);
+    * ``sequence_sum`` (Eq. 3 and Alg. 1 literally): :math:`\\frac{1}{B'} \\sum_b \\sum_t w_{b,t} D_{b,t}`;
+    * ``token_mean``: :math:`\\frac{1}{N} \\sum_{b,t} w_{b,t} D_{b,t}` over the ``N`` decision points.
+
+    ``B'`` counts the sequences with at least one decision point: one without any contributes
+    nothing and is not counted.
+    """
+
+    SEQUENCE_MEAN = "sequence_mean"
+    SEQUENCE_SUM = "sequence_sum"
+    TOKEN_MEAN = "token_mean"
+
+
+@dataclass
+class StreamLoss:
+    """One stream's term of Eq. 4: its divergence and its coefficient ``λ >= 0``."""
+
+    divergence: Divergence
+    lam: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.divergence, Divergence):
+            raise VcrdError(
+                f"StreamLoss.divergence must be a vcrd_core.Divergence (e.g. vcrd_core.create('divergences', 'skl')), "
+                f"got {type(self.divergence).__name__}"
+            )
+        if not (isinstance(self.lam, (int, float)) and math.isfinite(self.lam) and self.lam >= 0):
+            raise VcrdError(f"StreamLoss.lam must be a finite number >= 0 (Eq. 4), got {self.lam!r}")
+
+
+@dataclass
+class StreamOutput:
+    """One stream's result: a differentiable sum and the count that normalises it.
+
+    ``loss_sum``: the sum over counted sequences of the per-sequence value (``sequence_*``) or
+    :math:`\\sum w D` (``token_mean``); ``count``: counted sequences, or decision points for
+    ``token_mean``; ``num_points``: decision points; ``weight_stats``: min, p50, p90, p99, max, mean
+    and the shares of ``w < 1``, ``w = 1``, ``w > 1`` over the decision points.
+    """
+
+    loss_sum: torch.Tensor
+    count: int
+    num_points: int
+    lam: float
+    weight_stats: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class ObjectiveOutput:
+    """The objective on one (micro-)batch, per stream (keys: ``teacher_prefix``, ``student_prefix``)."""
+
+    streams: dict[str, StreamOutput]
+
+    def counts(self) -> dict[str, int]:
+        """The local counts per stream: sum (all-reduce) them to get the global ``counts`` of :meth:`loss`."""
+        return {name: out.count for name, out in self.streams.items()}
+
+    def loss(self, counts: Mapping[str, int | float | torch.Tensor] | None = None) -> torch.Tensor:
+        """:math:`\\sum_k \\lambda_k\\, \\text{loss\\_sum}_k / \\text{count}_k` (Eq. 4).
+
+        ``counts`` overrides the local counts with global ones (summed across processes and
+        accumulation steps) so that the sum of the micro-batches' losses equals the loss of the
+        whole batch. A stream whose count is 0 adds 0.
+        """
+        counts = dict(counts or {})
+        unknown = sorted(set(counts) - set(self.streams))
+        if unknown:
+            raise VcrdError(
+                f"ObjectiveOutput.loss: counts for unknown stream(s) {', '.join(unknown)}; "
+                f"streams here: {', '.join(self.streams)}"
+            )
+        total: torch.Tensor | None = None
+        for name, out in self.streams.items():
+            count = counts.get(name, out.count)
+            if isinstance(count, torch.Tensor):
+                c = count.to(device=out.loss_sum.device, dtype=out.loss_sum.dtype)
+                term = out.lam * torch.where(c > 0, out.loss_sum / c.clamp_min(1e-30), torch.zeros_like(c))
+            elif count > 0:
+                term = out.lam * out.loss_sum / count
+            else:
+                term = out.loss_sum * 0.0
+            total = term if total is None else total + term
+        assert total is not None
+        return total
+
+    def metrics(self) -> dict[str, float]:
+        """A flat dict of floats for loggers: per stream ``<stream>/loss`` (local ``loss_sum / count``),
+        ``/count``, ``/points`` and ``/weight_<stat>``, plus the total ``loss``."""
+        out: dict[str, float] = {"loss": float(self.loss().detach())}
+        for name, s in self.streams.items():
+            out[f"{name}/loss"] = float(s.loss_sum.detach()) / s.count if s.count else 0.0
+            out[f"{name}/count"] = float(s.count)
+            out[f"{name}/points"] = float(s.num_points)
+            for stat, value in s.weight_stats.items():
+                out[f"{name}/weight_{stat}"] = value
+        return out
+
+
+class VCRDObjective:
+    """The weighted two-stream objective :math:`\\lambda_T \\mathcal{L}_{LV-SKL} + \\lambda_S \\mathcal{L}_{LV-SRKL}`
+    (Eq. 3–4) on batches of logits, memory-bounded through :func:`vcrd_core.losses.chunked.chunked_divergence`.
+
+    Either stream may be None (the SRKL-only baseline of Table 5 has no teacher-prefix stream).
+    ``temperature``, ``vocab_size`` (the tokenizer's real vocabulary: only columns ``[:vocab_size]``
+    of padded lm_heads are used) and ``chunk_size`` are passed to the chunked divergence. A stream
+    whose largest weight exceeds ``weight_warn_max`` emits a :class:`VcrdWeightWarning` (None: never).
+    """
+
+    def __init__(
+        self,
+        teacher_prefix: StreamLoss | None,
+        student_prefix: StreamLoss | None,
+        *,
+        reduction: Reduction | str = Reduction.SEQUENCE_MEAN,
+        temperature: float = 1.0,
+        vocab_size: int | None = None,
+        chunk_size: int | None = None,
+        weight_warn_max: float | None = 100.0,
+    ) -> None:
+        self.losses: dict[str, StreamLoss] = {}
+        for stream, loss in ((Stream.TEACHER_PREFIX, teacher_prefix), (Stream.STUDENT_PREFIX, student_prefix)):
+            if loss is None:
+                continue
+            if not isinstance(loss, StreamLoss):
+                raise VcrdError(
+                    f"VCRDObjective: {stream.value} must be a StreamLoss(divergence, lam) or None, "
+                    f"got {type(loss).__name__}"
+                )
+            self.losses[stream.value] = loss
+        if not self.losses:
+            raise VcrdError("VCRDObjective needs at least one stream: teacher_prefix or student_prefix")
+        try:
+            self.reduction = Reduction(reduction)
+        except ValueError:
+            valid = ", ".join(r.value for r in Reduction)
+            raise VcrdError(f"VCRDObjective: unknown reduction {reduction!r}; valid: {valid}") from None
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise VcrdError(f"VCRDObjective: temperature must be a finite number > 0, got {temperature!r}")
+        if vocab_size is not None and (not isinstance(vocab_size, int) or vocab_size < 1):
+            raise VcrdError(f"VCRDObjective: vocab_size must be a positive int or None, got {vocab_size!r}")
+        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+            raise VcrdError(f"VCRDObjective: chunk_size must be a positive int or None, got {chunk_size!r}")
+        if weight_warn_max is not None and not weight_warn_max > 0:
+            raise VcrdError(f"VCRDObjective: weight_warn_max must be > 0 or None, got {weight_warn_max!r}")
+        self.temperature = float(temperature)
+        self.vocab_size = vocab_size
+        self.chunk_size = chunk_size
+        self.weight_warn_max = weight_warn_max
+
+    @classmethod
+    def from_config(cls, config: ObjectiveConfig, *, vocab_size: int | None = None) -> VCRDObjective:
+        """The objective a run config's ``objective`` section declares (disabled streams are left out)."""
+        from vcrd_core.plugins.registry import create
+
+        losses: dict[str, StreamLoss | None] = {}
+        for name in (Stream.TEACHER_PREFIX.value, Stream.STUDENT_PREFIX.value):
+            stream = getattr(config, name)
+            div = create(stream.divergence.kind, stream.divergence.name, stream.divergence.params)
+            losses[name] = StreamLoss(div, stream.lam) if stream.enabled else None  # type: ignore[arg-type]
+        return cls(
+            losses[Stream.TEACHER_PREFIX.value],
+            losses[Stream.STUDENT_PREFIX.value],
+            reduction=config.reduction,
+            temperature=config.temperature,
+            vocab_size=vocab_size,
+            chunk_size=config.chunk_size,
+            weight_warn_max=config.weight_warn_max,
+        )
+
+    def __call__(
+        self, teacher_prefix: StreamInputs | None = None, student_prefix: StreamInputs | None = None
+    ) -> ObjectiveOutput:
+        """Sums and counts of every configured stream on one (micro-)batch; call ``.loss()`` on the result.
+
+        Each configured stream needs its :class:`StreamInputs`; a stream that is not configured must
+        get None. User mistakes (shapes, vocabularies, weights < 0 or NaN at decision points) raise
+        :class:`VcrdError`.
+        """
+        given = {Stream.TEACHER_PREFIX.value: teacher_prefix, Stream.STUDENT_PREFIX.value: student_prefix}
+        streams: dict[str, StreamOutput] = {}
+        for name, inputs in given.items():
+            if name not in self.losses:
+                if inputs is not None:
+                    raise VcrdError(
+                        f"VCRDObjective: got {name} inputs but the objective has no {name} stream "
+                        f"(configured: {', '.join(self.losses)})"
+                    )
+                continue
+            if inputs is None:
+                raise VcrdError(f"VCRDObjective: the {name} stream is configured but its StreamInputs are missing")
+            streams[name] = self._stream(name, self.losses[name], inputs)
+        return ObjectiveOutput(streams)
+
+    def _stream(self, name: str, loss: StreamLoss, inputs: StreamInputs) -> StreamOutput:
+        teacher, student, mask = inputs.teacher_logits, inputs.student_logits, inputs.decision_mask
+        self._check_shapes(name, inputs)
+        batch, length = mask.shape
+        mask = mask.to(device=student.device, dtype=torch.bool)
+        seq_idx, pos_idx = mask.nonzero(as_tuple=True)  # row-major: sequences in order
+        num_points = int(seq_idx.numel())
+        if inputs.weights is None:
+            weights = torch.ones(num_points, dtype=torch.float32, device=student.device)
+        else:
+            weights = inputs.weights.detach().to(device=student.device)[seq_idx, pos_idx].to(torch.float32)
+        stats = self._weight_stats(name, weights)
+        if num_points == 0:
+            # A zero that stays connected to the student's graph, so backward() still works.
+            zero = student.reshape(-1)[:0].to(torch.float32).sum()
+            return StreamOutput(zero, 0, 0, loss.lam, stats)
+
+        # Decision point t reads row t-1 of the flattened leading dims [B*L] (the logits are not copied).
+        rows = seq_idx * length + (pos_idx - 1)
+        values = chunked_divergence(
+            loss.divergence,
+            teacher.detach(),
+            student,
+            rows=rows,
+            vocab_size=self.vocab_size,
+            temperature=self.temperature,
+            chunk_size=self.chunk_size,
+        )
+        weighted = weights * values.to(torch.float32)
+        if self.reduction is Reduction.TOKEN_MEAN:
+            return StreamOutput(weighted.sum(), num_points, num_points, loss.lam, stats)
+        per_seq = torch.zeros(batch, dtype=weighted.dtype, device=weighted.device).index_add(0, seq_idx, weighted)
+        points = torch.bincount(seq_idx, minlength=batch)
+        counted = points > 0
+        if self.reduction is Reduction.SEQUENCE_MEAN:
+            per_seq = per_seq / points.clamp_min(1).to(per_seq.dtype)
+        total = per_seq[counted].sum()
+        return StreamOutput(total, int(counted.sum()), num_points, loss.lam, stats)
+
+    def _check_shapes(self, name: str, inputs: StreamInputs) -> None:
+        teacher, student, mask = inputs.teacher_logits, inputs.student_logits, inputs.decision_mask
+        where = f"VCRDObjective ({name} stream)"
+        if mask.dim() != 2:
+            raise VcrdError(f"{where}: decision_mask must be [B, L], got shape {tuple(mask.shape)}")
+        if mask.dtype != torch.bool:
+            raise VcrdError(f"{where}: decision_mask must be a bool tensor, got {mask.dtype}")
+        for label, logits in (("teacher_logits", teacher), ("student_logits", student)):
+            if logits.dim() != 3 or tuple(logits.shape[:2]) != tuple(mask.shape):
+                raise VcrdError(
+                    f"{where}: {label} must be [B, L, V] with [B, L] = {tuple(mask.shape)} (the decision_mask's), "
+                    f"got shape {tuple(logits.shape)}"
+                )
+        if inputs.weights is not None and tuple(inputs.weights.shape) != tuple(mask.shape):
+            raise VcrdError(
+                f"{where}: weights must be [B, L] = {tuple(mask.shape)} (the decision_mask's) or None, "
+                f"got shape {tuple(inputs.weights.shape)}"
+            )
+        v_t, v_s = teacher.shape[-1], student.shape[-1]
+        if self.vocab_size is None and v_t != v_s:
+            raise VcrdError(
+                f"{where}: teacher vocabulary {v_t} != student vocabulary {v_s}; pass vocab_size (the tokenizer's "
+                f"real vocabulary, <= {min(v_t, v_s)}) so only the shared real ids are compared"
+            )
+        if self.vocab_size is not None and self.vocab_size > min(v_t, v_s):
+            raise VcrdError(
+                f"{where}: vocab_size {self.vocab_size} exceeds the logits' vocabulary (teacher {v_t}, student {v_s})"
+            )
+        if mask.shape[1] > 0 and bool(mask[:, 0].any()):
+            raise VcrdError(
+                f"{where}: decision_mask is True at position 0, which has no preceding logits row; "
+                f"build it with vcrd_core.losses.objective.decision_mask(attention_mask, response_mask)"
+            )
+
+    def _weight_stats(self, name: str, weights: torch.Tensor) -> dict[str, float]:
+        """Quantiles, mean and shares of the weights; refuses invalid ones and warns above the maximum."""
+        if weights.numel() == 0:
+            return {}
+        w = weights.detach().to(torch.float64)
+        ordered = torch.sort(w).values  # NaN sorts last; torch.quantile has a size limit, sorting does not
+        packed = torch.cat(
+            [
+                ordered[:1],
+                torch.stack([_quantile(ordered, q) for _, q in WEIGHT_QUANTILES]),
+                ordered[-1:],
+                w.mean().reshape(1),
+                (w < 1).double().mean().reshape(1),
+                (w == 1).double().mean().reshape(1),
+                (w > 1).double().mean().reshape(1),
+                torch.isnan(w).sum().double().reshape(1),
+                (w > (self.weight_warn_max or math.inf)).sum().double().reshape(1),
+            ]
+        ).tolist()  # one host sync per stream
+        names = ["min", *(n for n, _ in WEIGHT_QUANTILES), "max", "mean", "share_lt1", "share_eq1", "share_gt1"]
+        stats = dict(zip(names, packed[: len(names)], strict=True))
+        nan_count, above = int(packed[-2]), int(packed[-1])
+        if nan_count or stats["min"] < 0 or math.isinf(stats["max"]):
+            raise VcrdError(
+                f"VCRDObjective ({name} stream): weights at decision points must be finite and >= 0 "
+                f"(got min {stats['min']:.4g}, max {stats['max']:.4g}, {nan_count} NaN); "
+                f"compute them with a vcrd_core.WeightingRule"
+            )
+        if above:
+            warnings.warn(
+                f"{name} stream: {above} of {w.numel()} weights exceed weight_warn_max={self.weight_warn_max:g} "
+                f"(max {stats['max']:.4g}); the ratio rule reaches r_s/eps when r_t -> 0, consider the clamp "
+                f"or log_clamp rules",
+                VcrdWeightWarning,
+                stacklevel=4,
+            )
+        return stats

@@ -1,0 +1,158 @@
+"""Run-time checks at the start of a run, before any model weight is loaded (SPEC decision 2).
+
+``vcrd config validate`` is static; these checks touch the paths a config names: model directories,
+the tokenizer (teacher and student must share one: SPEC decision 6), prompt files, the judges'
+checkpoints (through :meth:`vcrd_core.Judge.check`), the accelerate config and the output directory (an
+existing run is never overwritten unless ``output.overwrite`` says so). Each failure is one
+:class:`~vcrd_core.errors.ConfigError` at the YAML path that named the thing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vcrd_core.config.models import RunConfig
+from vcrd_core.errors import ConfigError, VcrdError
+from vcrd_core.judging.judge import Judge, JudgeContext
+from vcrd_core.plugins.registry import create
+
+#: Files that mark a directory as holding a vcrd run.
+RUN_MARKERS = ("provenance.json", "config.yaml")
+
+
+@dataclass
+class Preflight:
+    """What the checks found: the shared tokenizer and its real vocabulary size."""
+
+    tokenizer: Any
+    vocab_size: int
+
+
+def _model_dir(path: str, where: str) -> Path:
+    root = Path(path)
+    if not root.is_dir():
+        raise ConfigError(
+            where, f"'{path}' is not a directory; a local HF-format model directory is needed (vcrd never downloads)"
+        )
+    if not (root / "config.json").is_file():
+        raise ConfigError(where, f"'{path}' has no config.json; is it an HF-format model directory?")
+    return root
+
+
+#: ``tokenizer_class`` values that name no model-specific class.
+GENERIC_TOKENIZER_CLASSES = frozenset({"TokenizersBackend", "PreTrainedTokenizerFast"})
+
+
+def load_tokenizer(path: str, where: str) -> Any:
+    """The HF tokenizer saved in ``path`` (local files only), or a ConfigError at ``where``.
+
+    A tokenizer saved with a generic ``tokenizer_class`` (a plain ``tokenizers`` tokenizer, such as the toy
+    task's char-level one) is loaded as exactly that: transformers 5's ``AutoTokenizer`` would otherwise
+    pick the class of the ``model_type`` in a ``config.json`` beside it (e.g. ``Qwen2Tokenizer``), which
+    rebuilds the pipeline and adds its own special tokens.
+    """
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    config_file = Path(path) / "tokenizer_config.json"
+    try:
+        saved_class = json.loads(config_file.read_text()).get("tokenizer_class") if config_file.is_file() else None
+        loader = PreTrainedTokenizerFast if saved_class in GENERIC_TOKENIZER_CLASSES else AutoTokenizer
+        return loader.from_pretrained(path, local_files_only=True)
+    except Exception as exc:  # transformers raises several types for a missing or broken tokenizer
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(where, f"no tokenizer could be loaded from '{path}': {reason}") from None
+
+
+def check_same_vocabulary(run: Any, model: Any, label: str, where: str) -> None:
+    """Refuse a model (``label``: teacher or student) whose tokenizer's vocabulary differs from the run's
+    tokenizer: teacher and student must share one (cross-tokenizer distillation is out of scope)."""
+    rv, mv = run.get_vocab(), model.get_vocab()
+    if rv == mv:
+        return
+    for token in sorted(set(rv) | set(mv)):
+        if rv.get(token) != mv.get(token):
+            raise ConfigError(
+                where,
+                f"the {label}'s tokenizer differs from the run's (token {token!r}: run id {rv.get(token)}, "
+                f"{label} id {mv.get(token)}; sizes {len(rv)} vs {len(mv)}); teacher and student must share a "
+                "tokenizer (cross-tokenizer distillation is out of scope)",
+            )
+
+
+def check_prompts(path: str, field: str, where: str) -> None:
+    """The prompt file exists and its first record is a JSON object with ``field`` holding a string."""
+    file = Path(path)
+    if not file.exists():
+        raise ConfigError(where, f"prompt file '{path}' does not exist")
+    if not file.is_file():
+        raise ConfigError(where, f"prompt file '{path}' is not a file")
+    try:
+        with file.open(encoding="utf-8") as f:
+            first = next(((n, text) for n, text in enumerate(f, 1) if text.strip()), None)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(where, f"prompt file '{path}' is not UTF-8 text (byte {exc.start})") from None
+    if first is None:
+        raise ConfigError(where, f"prompt file '{path}' holds no record")
+    number, line = first
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(where, f"{path}:{number}: not JSON Lines ({exc.msg})") from None
+    if not isinstance(record, dict):
+        raise ConfigError(where, f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+    if field not in record:
+        raise ConfigError(
+            where, f"{path}:{number}: no field '{field}' (data.prompt_field); the record has: {', '.join(record)}"
+        )
+    if not isinstance(record[field], str):
+        raise ConfigError(
+            where, f"{path}:{number}: field '{field}' holds a {type(record[field]).__name__}, expected the prompt text"
+        )
+
+
+def _judges(config: RunConfig) -> dict[str, Judge]:
+    found: dict[str, Judge] = {}
+    if config.judge is not None:
+        found["judge"] = create(config.judge.kind or "judges", config.judge.name, config.judge.params, path="judge")
+    for name, stream in config.streams().items():
+        if stream.judge is not None:
+            path = f"objective.{name}.judge"
+            found[path] = create(stream.judge.kind or "judges", stream.judge.name, stream.judge.params, path=path)
+    return found  # type: ignore[return-value]
+
+
+def preflight(config: RunConfig) -> Preflight:
+    """Every run-time check, cheapest first; loads tokenizers and checkpoint headers, never model weights."""
+    out = Path(config.output.dir)
+    if out.exists() and any((out / m).exists() for m in RUN_MARKERS) and not config.output.overwrite:
+        raise ConfigError(
+            "output.dir",
+            f"'{out}' already holds a run; choose another directory or set output.overwrite: true",
+        )
+    if out.exists() and not out.is_dir():
+        raise ConfigError("output.dir", f"'{out}' exists and is not a directory")
+    if config.training.accelerate_config and not Path(config.training.accelerate_config).is_file():
+        raise ConfigError("training.accelerate_config", f"'{config.training.accelerate_config}' does not exist")
+    check_prompts(config.data.train, config.data.prompt_field, "data.train")
+    if config.data.eval:
+        check_prompts(config.data.eval, config.data.prompt_field, "data.eval")
+    teacher_dir = _model_dir(config.models.teacher.path, "models.teacher.path")
+    student_dir = _model_dir(config.models.student.path, "models.student.path")
+    tok_path = config.models.tokenizer or str(student_dir)
+    tokenizer = load_tokenizer(tok_path, "models.tokenizer" if config.models.tokenizer else "models.student.path")
+    for label, root in (("teacher", teacher_dir), ("student", student_dir)):
+        if any((root / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")) and str(root) != tok_path:
+            where = f"models.{label}.path"
+            check_same_vocabulary(tokenizer, load_tokenizer(str(root), where), label, where)
+    context = JudgeContext(tokenizer=tokenizer, vocab_size=len(tokenizer))
+    for path, judge in _judges(config).items():
+        try:
+            judge.check(context)
+        except ConfigError:
+            raise
+        except VcrdError as exc:
+            raise ConfigError(path, str(exc)) from None
+    return Preflight(tokenizer=tokenizer, vocab_size=len(tokenizer))
