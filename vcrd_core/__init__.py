@@ -19,16 +19,21 @@ from vcrd_core.losses.objective import (
     decision_mask,
 )
 from vcrd_core.losses.weighting import WeightingRule
-from vcrd_core.plugins.component import (
-    Component,
-    ComponentSpec,
+from vcrd_core.plugins.component import Component, ComponentSpec
+from vcrd_core.plugins.kinds import (
+    DIVERGENCES,
+    EVALUATORS,
+    GENERATORS,
+    JUDGES,
+    KINDS,
+    WEIGHTING,
     DivergenceSpec,
     EvaluatorSpec,
     GeneratorSpec,
     JudgeSpec,
+    Kind,
     WeightingSpec,
 )
-from vcrd_core.plugins.kinds import DIVERGENCES, EVALUATORS, GENERATORS, JUDGES, KINDS, WEIGHTING
 from vcrd_core.plugins.manager import PLUGIN_API_VERSION
 from vcrd_core.plugins.registry import available, create
 
@@ -54,6 +59,7 @@ __all__ = [
     "JudgeRequest",
     "JudgeScores",
     "JudgeSpec",
+    "Kind",
     "Need",
     "ObjectiveOutput",
     "ParamError",

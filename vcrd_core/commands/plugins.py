@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from vcrd_core.plugins import kinds as K
+from vcrd_core.plugins.kinds import KINDS
 from vcrd_core.plugins.manager import get_plugin_manager, load_failures, plugin_info
 from vcrd_core.plugins.registry import entries
 
@@ -20,7 +20,7 @@ def listing() -> dict[str, Any]:
         info = plugin_info(plugin)
         plugins.append({"name": name, "distribution": info.distribution, "version": info.version})
     components: dict[str, list[dict[str, str]]] = {}
-    for kind in K.KINDS:
+    for kind in KINDS:
         components[kind] = [
             {
                 "name": e.name,

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from vcrd_core.plugins.component import DivergenceSpec, EvaluatorSpec, GeneratorSpec, JudgeSpec, WeightingSpec
+from vcrd_core.plugins.kinds import DivergenceSpec, EvaluatorSpec, GeneratorSpec, JudgeSpec, WeightingSpec
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 Proposal = Literal["sample", "greedy"]

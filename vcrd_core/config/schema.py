@@ -10,16 +10,11 @@ import math
 from typing import Any
 
 from vcrd_core.config.models import RunConfig
-from vcrd_core.plugins import kinds as K
+from vcrd_core.plugins.kinds import KINDS
 from vcrd_core.plugins.registry import entries
 
-SPEC_CLASSES: dict[str, str] = {
-    K.DIVERGENCES: "DivergenceSpec",
-    K.WEIGHTING: "WeightingSpec",
-    K.JUDGES: "JudgeSpec",
-    K.EVALUATORS: "EvaluatorSpec",
-    K.GENERATORS: "GeneratorSpec",
-}
+#: The ``$defs`` name of each kind's ``{name, params}`` block (its spec class's name).
+SPEC_CLASSES: dict[str, str] = {name: kind.spec.__name__ for name, kind in KINDS.items()}
 
 
 def _rename_defs(schema: Any, mapping: dict[str, str]) -> Any:
@@ -60,8 +55,8 @@ def _component_schema(kind: str, defs: dict[str, Any]) -> dict[str, Any]:
             }
         )
     if not options:
-        return {"type": "object", "description": f"no {K.SINGULAR[kind]} is installed", "not": {}}
-    return {"oneOf": options, "description": f"A {K.SINGULAR[kind]}: {{name, params}}."}
+        return {"type": "object", "description": f"no {KINDS[kind].singular} is installed", "not": {}}
+    return {"oneOf": options, "description": f"A {KINDS[kind].singular}: {{name, params}}."}
 
 
 def _finite(schema: Any) -> Any:

@@ -22,7 +22,6 @@ from typing import Any, ClassVar
 import torch
 
 from vcrd_core.errors import VcrdError
-from vcrd_core.plugins import kinds as K
 from vcrd_core.plugins.component import Component
 
 
@@ -82,7 +81,6 @@ class Judge(Component):
     """Base of judges. Subclasses set ``needs`` and implement :meth:`score` (or, for judges that
     score token ids, :class:`TokenJudge`'s :meth:`TokenJudge.score_positions`)."""
 
-    kind: ClassVar[str] = K.JUDGES
     needs: ClassVar[frozenset[Need]] = frozenset({Need.TOKEN_IDS})
     #: Whether ``r_t`` scores the teacher's proposed token, so that where both proposals are the same
     #: token the point is parity (``w = 1``) by definition. False for judges whose ``r_t`` is a baseline

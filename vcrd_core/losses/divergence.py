@@ -6,18 +6,13 @@ The core owns log-softmax, temperature, vocabulary slicing, chunking and gradien
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import torch
 
-from vcrd_core.plugins import kinds as K
 from vcrd_core.plugins.component import Component
 
 
 class Divergence(Component):
     """Base of divergences ``D(p, q)`` between teacher ``p`` and student ``q`` at one decision point."""
-
-    kind: ClassVar[str] = K.DIVERGENCES
 
     def value(self, teacher_logp: torch.Tensor, student_logp: torch.Tensor) -> torch.Tensor:
         """``D`` per row of ``[n, V]`` float32 log-probabilities -> ``[n]`` (differentiable in ``student_logp``)."""

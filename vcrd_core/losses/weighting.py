@@ -7,12 +7,9 @@ A plugin implements :meth:`WeightingRule.weight`; calling the rule goes through
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import torch
 
 from vcrd_core.errors import VcrdError
-from vcrd_core.plugins import kinds as K
 from vcrd_core.plugins.component import Component
 
 
@@ -24,8 +21,6 @@ class WeightingRule(Component):
     rule never needs to know which stream it weights. Weights scale the divergence of a decision
     point and are never differentiated (they are targets of calibration, not of learning).
     """
-
-    kind: ClassVar[str] = K.WEIGHTING
 
     def weight(self, r_student: torch.Tensor, r_teacher: torch.Tensor) -> torch.Tensor:
         """The rule's formula, elementwise on float32 scores (called under ``torch.no_grad()``)."""

@@ -18,6 +18,7 @@ class Component:
     """
 
     name: ClassVar[str]
+    #: Set on each kind's base class by the table of kinds (:mod:`vcrd_core.plugins.kinds`).
     kind: ClassVar[str]
 
     class Params(BaseModel):
@@ -33,8 +34,9 @@ class Component:
 class ComponentSpec(BaseModel):
     """A component as YAML declares it: ``{name: ..., params: {...}}``.
 
-    Subclasses fix ``kind`` so that a spec nested inside another component's params
-    (``clamp``'s ``inner``) is validated, in the second phase, against the right registry.
+    Each kind's subclass (:data:`vcrd_core.plugins.kinds.KINDS`, e.g. ``WeightingSpec``) fixes ``kind``,
+    so that a spec nested inside another component's params (``clamp``'s ``inner``) is validated, in
+    the second phase, against the right registry.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -42,23 +44,3 @@ class ComponentSpec(BaseModel):
 
     name: str = Field(description="Registered component name (see `vcrd plugins`).")
     params: dict[str, Any] = Field(default_factory=dict, description="The component's own parameters.")
-
-
-class DivergenceSpec(ComponentSpec):
-    kind: ClassVar[str | None] = "divergences"
-
-
-class WeightingSpec(ComponentSpec):
-    kind: ClassVar[str | None] = "weighting"
-
-
-class JudgeSpec(ComponentSpec):
-    kind: ClassVar[str | None] = "judges"
-
-
-class EvaluatorSpec(ComponentSpec):
-    kind: ClassVar[str | None] = "evaluators"
-
-
-class GeneratorSpec(ComponentSpec):
-    kind: ClassVar[str | None] = "generators"

@@ -56,20 +56,32 @@ class LoadFailure:
         return f"plugin '{self.entry_point}' (distribution {self.distribution}) not loaded: {self.message}"
 
 
-class PluginManager(pluggy.PluginManager):
-    """pluggy's manager plus a ``generation`` that changes on every (un)registration, so registries
-    rebuild after a change (object ids can be reused, names can be re-registered)."""
+_generation = 0
 
-    generation: int = 0
+
+def _bump() -> None:
+    global _generation
+    _generation += 1
+
+
+def generation() -> int:
+    """A number that changes whenever the set of registered plugins may have changed (a registration, an
+    unregistration, a :func:`reset`): the registries' one cache key (object ids can be reused, names
+    re-registered)."""
+    return _generation
+
+
+class PluginManager(pluggy.PluginManager):
+    """pluggy's manager; every (un)registration bumps :func:`generation`."""
 
     def register(self, plugin: object, name: str | None = None) -> str | None:
         result = super().register(plugin, name)
-        PluginManager.generation += 1
+        _bump()
         return result
 
     def unregister(self, plugin: object | None = None, name: str | None = None) -> Any:
         result = super().unregister(plugin, name)
-        PluginManager.generation += 1
+        _bump()
         return result
 
 
@@ -206,3 +218,4 @@ def reset() -> None:
     global _state
     with _lock:
         _state = None
+        _bump()

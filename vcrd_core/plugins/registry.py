@@ -14,9 +14,9 @@ from pydantic import BaseModel, ValidationError
 
 from vcrd_core.config.validation import join_path, to_config_error
 from vcrd_core.errors import ConfigError, ParamError, PluginError
-from vcrd_core.plugins import kinds as K
 from vcrd_core.plugins.component import Component, ComponentSpec
-from vcrd_core.plugins.manager import PluginInfo, filters, get_plugin_manager, load_failures, plugin_info
+from vcrd_core.plugins.kinds import get_kind
+from vcrd_core.plugins.manager import PluginInfo, filters, generation, get_plugin_manager, load_failures, plugin_info
 
 
 @dataclass(frozen=True)
@@ -34,24 +34,14 @@ class Entry:
         return doc.splitlines()[0] if doc else ""
 
 
-def _base_class(kind: str) -> type[Component]:
-    from vcrd_core.judging.judge import Judge
-    from vcrd_core.losses.divergence import Divergence
-    from vcrd_core.losses.weighting import WeightingRule
-
-    return {K.DIVERGENCES: Divergence, K.WEIGHTING: WeightingRule, K.JUDGES: Judge}.get(kind, Component)
-
-
-_cache: dict[str, tuple[tuple[object, ...], dict[str, Entry]]] = {}
+_cache: dict[str, tuple[int, dict[str, Entry]]] = {}
 
 
 def _check_class(kind: str, cls: Any, info: PluginInfo) -> None:
-    base = _base_class(kind)
+    k = get_kind(kind)
     who = f"plugin '{info.name}' (distribution {info.distribution})"
-    if not (isinstance(cls, type) and issubclass(cls, base)):
-        raise PluginError(
-            f"{who} registered {cls!r} as a {K.SINGULAR[kind]}, but it is not a subclass of {base.__name__}"
-        )
+    if not (isinstance(cls, type) and issubclass(cls, k.base)):
+        raise PluginError(f"{who} registered {cls!r} as a {k.singular}, but it is not a subclass of {k.base.__name__}")
     name = getattr(cls, "name", None)
     if not isinstance(name, str) or not name:
         raise PluginError(f"{who} registered {cls.__name__} without a string `name`")
@@ -62,14 +52,13 @@ def _check_class(kind: str, cls: Any, info: PluginInfo) -> None:
 
 def entries(kind: str) -> dict[str, Entry]:
     """Every registered component of ``kind`` by name (rebuilt when plugins are (un)registered)."""
-    if kind not in K.KINDS:
-        raise PluginError(f"Unknown component kind '{kind}'. Available kinds: {', '.join(K.KINDS)}.")
+    k = get_kind(kind)
     pm = get_plugin_manager()
-    key = (id(pm), getattr(pm, "generation", None), *((name, id(plugin)) for name, plugin in pm.list_name_plugin()))
+    key = generation()
     cached = _cache.get(kind)
     if cached is not None and cached[0] == key:
         return cached[1]
-    hook = getattr(pm.hook, f"vcrd_register_{kind}")
+    hook = getattr(pm.hook, k.hook)
     found: dict[str, Entry] = {}
     for impl in hook.get_hookimpls():  # registration order
         info = plugin_info(impl.plugin)
@@ -90,7 +79,7 @@ def entries(kind: str) -> dict[str, Entry]:
             if cls.name in found:
                 other = found[cls.name].provider
                 raise PluginError(
-                    f"Duplicate {K.SINGULAR[kind]} '{cls.name}': registered by distribution "
+                    f"Duplicate {get_kind(kind).singular} '{cls.name}': registered by distribution "
                     f"{other.distribution} (plugin '{other.name}') and by distribution {info.distribution} "
                     f"(plugin '{info.name}'); uninstall one or disable it with VCRD_DISABLE_PLUGINS"
                 )
@@ -110,7 +99,7 @@ def unknown_name_message(kind: str, name: str, names: list[str]) -> str:
     listed = ", ".join(names) if names else "none installed"
     failed = load_failures()
     note = f" {len(failed)} plugin(s) failed to load ({failed[0]}); run `vcrd plugins`." if failed else ""
-    return f"Unknown {K.SINGULAR[kind]} '{name}'.{hint} Available: {listed}{filters()}.{note}"
+    return f"Unknown {get_kind(kind).singular} '{name}'.{hint} Available: {listed}{filters()}.{note}"
 
 
 def get_class(kind: str, name: str, *, path: str = "") -> type[Component]:

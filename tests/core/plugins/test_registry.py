@@ -192,3 +192,21 @@ class FakeRulesOnlyPicky:
     @vcrd_core.hookimpl
     def vcrd_register_weighting(self) -> list[type]:
         return [Picky]
+
+
+def test_every_kind_in_the_table_has_its_registration_hookspec_and_nothing_else_does() -> None:
+    from vcrd_core import hookspecs
+    from vcrd_core.plugins.kinds import KINDS
+
+    registration_hooks = {name for name in vars(hookspecs) if name.startswith("vcrd_register_")}
+    assert registration_hooks == {kind.hook for kind in KINDS.values()}
+    for kind in KINDS.values():
+        assert kind.spec.kind == kind.name  # a nested {name, params} block is validated against this kind
+        assert issubclass(kind.base, vcrd_core.Component)
+
+
+def test_each_base_class_carries_its_kind_from_the_table() -> None:
+    assert vcrd_core.Divergence.kind == vcrd_core.DIVERGENCES
+    assert vcrd_core.WeightingRule.kind == vcrd_core.WEIGHTING
+    assert vcrd_core.Judge.kind == vcrd_core.JUDGES
+    assert vcrd_core.create(vcrd_core.WEIGHTING, "ratio").kind == "weighting"
