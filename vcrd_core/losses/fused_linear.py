@@ -1,0 +1,595 @@
+r"""Fused-linear validity-weighted divergences: the loss from hidden states, never a ``[tokens, V]`` logits tensor.
+
+:func:`fused_linear_divergence` takes the student's and the teacher's final hidden states and their lm_head
+weights, and walks the selected rows (decision points) chunk by chunk. For one chunk it computes the logits
+``h @ W[:V].T (+ b)`` of both models, the float32 log-softmax at temperature ``τ``, the divergence's value
+(``divergence.value(log p, log q)``, the same plugin method :mod:`vcrd_core.losses.chunked` calls) and,
+inside the forward pass (a custom :class:`torch.autograd.Function`, as Liger-Kernel's fused-linear losses
+do), the gradient of the chunk's weighted values with respect to the student hidden rows, the student
+lm_head weight and bias. Then the chunk is freed. Beyond the inputs, the weights, the gradient buffers
+(``[*, H_s]`` like the hidden states, ``[V_s, H_s]`` like the lm_head weight if it requires grad) and a few
+``[n]`` vectors, at most one ``[chunk, V]`` block per intermediate tensor of one chunk is live.
+
+For a selected row ``n`` with student hidden ``h_n``, teacher hidden ``g_n``:
+
+.. math::
+
+    z_n = W_s[:V]\,h_n (+ b_s[:V]),\quad u_n = W_t[:V]\,g_n (+ b_t[:V]),\quad
+    D_n = \mathrm{divergence}\big(\log\mathrm{softmax}(u_n/τ),\ \log\mathrm{softmax}(z_n/τ)\big),
+
+    \mathrm{loss} = \sum_n c_n D_n .
+
+Design choice for the gradients (why a weighted *scalar*, not per-row values, is differentiable):
+``∂L/∂W_s = Σ_n (∂L/∂D_n) (∂D_n/∂z_n)^T h_n`` mixes every row's ``[V]`` gradient with the downstream
+factor ``∂L/∂D_n``. A function that returned differentiable per-row ``D_n`` would learn those factors only
+in ``backward``, after the chunks are gone: it would have to keep ``[n, V]`` logit gradients (the memory
+this module exists to avoid) or recompute every chunk in ``backward`` (a second full pass). Every
+reduction the objective uses is linear in ``D`` with detached factors, so the caller passes them as
+per-row **coefficients** ``c_n`` (``weights=``: VCRD's ``w_n`` times the reduction's factor, see
+:func:`row_coefficients`) and the function returns the differentiable scalar ``Σ_n c_n D_n``: its
+gradient w.r.t. hidden states, lm_head weight and bias is accumulated in forward (already multiplied
+by ``c_n``), and ``backward`` only multiplies by the scalar ``∂L/∂loss`` (any downstream use of the
+*scalar* — dividing by a global count, ``λ`` per stream, gradient accumulation — is exact). The per-row
+values ``D_n`` come back detached, for logging and statistics. Liger-Kernel makes the same choice (it
+returns a scalar loss) but has no per-row coefficients.
+
+Numerics: the logits are computed in the lm_head weight's dtype (the hidden rows are cast to it, as the
+model's own lm_head or autocast would do), then everything per row is float32. The gradient matmuls run
+in that dtype too (the logit gradient is rounded to it first, as plain autograd through bf16 logits
+would do); the weight gradient is accumulated in place in the weight's dtype (one rounding per chunk
+for bf16 weights, as Liger-Kernel does), the bias gradient in float32. Autocast is disabled inside.
+
+The same pass can also give, per row, what the rest of a VCRD step needs from these logits (opt-in
+through ``want=RowExtras(...)``; the plain loss path computes none of it): the student's greedy token
+(argmax over the real ids), a token sampled from the student at ``(temperature, top_p)`` with a
+:class:`torch.Generator`, and the ``teacher_likelihood`` judge's two scores at the teacher's own
+temperature: ``r_s = p(token)`` (for given ids, default: the student's greedy token of the same row)
+and ``r_t = Σ_{top-k} p²`` (``k = min(top_k, V)``, clamped to 1 like the judge's ``_score_rows``).
+
+How to use from the objective (one stream; ``decision_mask`` ``[B, L]``, weights ``w`` ``[B, L]``)::
+
+    seq_idx, pos_idx = decision_mask.nonzero(as_tuple=True)
+    rows = seq_idx * L + (pos_idx - 1)          # logits row t-1 for decision point t
+    coeff, count = row_coefficients(w[seq_idx, pos_idx], seq_idx, reduction)   # reduction: the objective's
+    out = fused_linear_divergence(
+        divergence, student_hidden, student_lm_head.weight, teacher_hidden, teacher_lm_head.weight,
+        rows=rows, weights=coeff, vocab_size=tokenizer_vocab, temperature=τ,
+        want=RowExtras(student_greedy=True, teacher_token_prob=True, teacher_topk_sq=True),  # if the judge runs
+    )
+    loss_sum = out.loss          # == the objective's StreamOutput.loss_sum; count == its count
+    values = out.values          # detached D_n for logging / weight statistics
+
+``student_hidden``/``teacher_hidden`` are the models' last hidden states (``output_hidden_states=True``
+``[-1]``, i.e. after the final norm, the lm_head's input), ``[B, L, H]``; the models' forward must then not
+build logits itself (call the base model, e.g. ``model.model(...)`` for HF causal LMs, or
+``logits_to_keep`` tricks). Weights that are needed before the loss (the judge's ``r_s``/``r_t``
+feed ``w``) come from a first, gradient-free call with ``want=`` (``torch.no_grad()``, ``weights`` unused),
+or from the rows' teacher logits; the loss call then runs with the final coefficients.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from vcrd_core.errors import VcrdError
+
+if TYPE_CHECKING:
+    from vcrd_core.losses.divergence import Divergence
+
+#: Elements of one default ``[chunk, V]`` float32 block (128 MiB): 220 rows at V = 151,936.
+DEFAULT_BLOCK_ELEMENTS = 2**25
+
+#: The ``teacher_likelihood`` judge's default ``k`` (paper §10.4).
+DEFAULT_TOP_K = 128
+
+_WHERE = "fused_linear_divergence"
+
+
+def default_chunk_size(vocab_size: int) -> int:
+    """Rows per chunk so that one ``[chunk, V]`` float32 block stays near :data:`DEFAULT_BLOCK_ELEMENTS`."""
+    return max(1, DEFAULT_BLOCK_ELEMENTS // max(1, vocab_size))
+
+
+@dataclass(frozen=True)
+class RowExtras:
+    """What else to compute per row from the same logits (all off by default: the loss path pays nothing).
+
+    * ``student_greedy``: the student's argmax over the real ids ``[0, V)`` (int64 ``[n]``).
+    * ``student_sample``: a token drawn from ``softmax(z[:V] / sample_temperature)`` restricted to the
+      smallest set of most likely tokens whose mass reaches ``top_p`` (nucleus sampling; ``top_p = 1``:
+      the full distribution; ``sample_temperature = 0``: the greedy token), drawn with ``generator``
+      (on the hidden states' device; default: torch's global generator). The draws depend on the chunk
+      size and the device, not only on the seed.
+    * ``teacher_token_prob``: the teacher's ``p(token)`` at ``judge_temperature`` for ``token_ids``
+      (int ``[n]`` in ``[0, V)``; default: the student's greedy token of the same row: the judge's ``r_s``).
+    * ``teacher_topk_sq``: ``Σ_{top-k} p²`` of the teacher at ``judge_temperature``,
+      ``k = min(top_k, V)``, clamped to ``≤ 1`` (the judge's ``r_t``).
+    """
+
+    student_greedy: bool = False
+    student_sample: bool = False
+    sample_temperature: float = 1.0
+    top_p: float = 1.0
+    generator: torch.Generator | None = None
+    teacher_token_prob: bool = False
+    token_ids: torch.Tensor | None = None
+    teacher_topk_sq: bool = False
+    top_k: int = DEFAULT_TOP_K
+    judge_temperature: float = 1.0
+
+
+@dataclass
+class FusedLinearOutput:
+    """Result of :func:`fused_linear_divergence` for ``n`` selected rows.
+
+    ``loss``: float32 scalar ``Σ_n c_n D_n``, differentiable w.r.t. the student hidden states, lm_head
+    weight and bias (whichever require grad). ``values``: the detached float32 ``D_n``, ``[n]``. The
+    other fields are ``None`` unless asked for through :class:`RowExtras`.
+    """
+
+    loss: torch.Tensor
+    values: torch.Tensor
+    student_greedy: torch.Tensor | None = None
+    student_sample: torch.Tensor | None = None
+    teacher_token_prob: torch.Tensor | None = None
+    teacher_topk_sq: torch.Tensor | None = None
+
+
+def row_coefficients(
+    weights: torch.Tensor | None,
+    sequence_index: torch.Tensor,
+    reduction: str,
+) -> tuple[torch.Tensor, int]:
+    """Per-row coefficients ``c_n`` and the count such that ``Σ c_n D_n`` is the objective's ``loss_sum``.
+
+    ``sequence_index``: int ``[n]``, the sequence of each decision point; ``weights``: ``[n]`` (``None``: 1).
+    ``reduction`` (the objective's :class:`~vcrd_core.losses.objective.Reduction` value):
+
+    * ``sequence_mean``: ``c_n = w_n / n_b`` (``n_b``: decision points of row ``n``'s sequence),
+      count = sequences with at least one decision point;
+    * ``sequence_sum``: ``c_n = w_n``, the same count;
+    * ``token_mean``: ``c_n = w_n``, count = ``n``.
+    """
+    if not isinstance(sequence_index, torch.Tensor) or sequence_index.dim() != 1:
+        raise VcrdError("row_coefficients: sequence_index must be a 1-D integer tensor [n]")
+    n = sequence_index.numel()
+    if weights is None:
+        w = torch.ones(n, dtype=torch.float32, device=sequence_index.device)
+    else:
+        if not isinstance(weights, torch.Tensor) or weights.shape != (n,):
+            got = tuple(weights.shape) if isinstance(weights, torch.Tensor) else type(weights).__name__
+            raise VcrdError(f"row_coefficients: weights must be [n] = ({n},) like sequence_index, got {got}")
+        w = weights.detach().to(torch.float32)
+    mode = getattr(reduction, "value", reduction)
+    if mode == "token_mean":
+        return w, n
+    if mode not in ("sequence_mean", "sequence_sum"):
+        raise VcrdError(
+            f"row_coefficients: reduction={reduction!r} is unknown; expected sequence_mean, sequence_sum or token_mean"
+        )
+    if n == 0:
+        return w, 0
+    seq = sequence_index.long()
+    _, inverse, counts = torch.unique(seq, return_inverse=True, return_counts=True)
+    if mode == "sequence_mean":
+        w = w / counts[inverse].to(w.dtype)
+    return w, int(counts.numel())
+
+
+class _Rows:
+    """Reads rows of a ``[..., H]`` tensor by flat row index without copying the whole tensor."""
+
+    def __init__(self, x: torch.Tensor) -> None:
+        self.lead = tuple(x.shape[:-1])
+        try:
+            self.flat: torch.Tensor | None = x.view(-1, x.shape[-1])
+            self.x = None
+        except RuntimeError:  # a non-contiguous slice such as hidden[:, :-1]
+            self.flat = None
+            self.x = x
+
+    def take(self, rows: torch.Tensor) -> torch.Tensor:
+        if self.flat is not None:
+            return self.flat.index_select(0, rows)
+        assert self.x is not None
+        return self.x[torch.unravel_index(rows, self.lead)]
+
+
+def _is_number(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_matrix(what: str, hidden: object, weight: object, bias: object) -> tuple[int, int]:
+    """``hidden [..., H]``, ``weight [V, H]``, ``bias [V]``; returns ``(V, H)``."""
+    if not isinstance(hidden, torch.Tensor) or hidden.dim() < 1 or not hidden.is_floating_point():
+        got = f"{hidden.dtype} {tuple(hidden.shape)}" if isinstance(hidden, torch.Tensor) else type(hidden).__name__
+        raise VcrdError(f"{_WHERE}: {what}_hidden must be a floating-point tensor [..., H] (got {got})")
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or not weight.is_floating_point():
+        got = f"{weight.dtype} {tuple(weight.shape)}" if isinstance(weight, torch.Tensor) else type(weight).__name__
+        raise VcrdError(f"{_WHERE}: {what}_weight must be a floating-point lm_head weight [V, H] (got {got})")
+    v, h = weight.shape
+    if hidden.shape[-1] != h:
+        raise VcrdError(
+            f"{_WHERE}: {what}_hidden has hidden size {hidden.shape[-1]} but {what}_weight is [V, H] = "
+            f"{tuple(weight.shape)}; pass the lm_head weight as stored (nn.Linear.weight, not transposed)"
+        )
+    if bias is not None:
+        if not isinstance(bias, torch.Tensor) or bias.shape != (v,) or not bias.is_floating_point():
+            got = tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__
+            raise VcrdError(f"{_WHERE}: {what}_bias must be a floating-point tensor [V] = ({v},), got {got}")
+    for name, t in ((f"{what}_weight", weight), (f"{what}_bias", bias)):
+        if isinstance(t, torch.Tensor) and t.device != hidden.device:
+            raise VcrdError(
+                f"{_WHERE}: {name} is on {t.device} but {what}_hidden on {hidden.device}; move them to one device"
+            )
+    return v, h
+
+
+def _check_extras(want: RowExtras, n: int, vocab: int, device: torch.device) -> None:
+    if not isinstance(want, RowExtras):
+        raise VcrdError(f"{_WHERE}: want must be a RowExtras(...) or None, got {type(want).__name__}")
+    if want.student_sample:
+        if not (_is_number(want.sample_temperature) and want.sample_temperature >= 0):
+            raise VcrdError(
+                f"{_WHERE}: RowExtras.sample_temperature={want.sample_temperature!r}; expected a number >= 0"
+            )
+        if not (_is_number(want.top_p) and 0 < want.top_p <= 1):
+            raise VcrdError(f"{_WHERE}: RowExtras.top_p={want.top_p!r}; expected a number in (0, 1]")
+        if want.generator is not None and torch.device(want.generator.device).type != device.type:
+            raise VcrdError(
+                f"{_WHERE}: RowExtras.generator is on {want.generator.device} but the hidden states on {device}; "
+                "create it with torch.Generator(device=hidden.device)"
+            )
+    if want.teacher_token_prob or want.teacher_topk_sq:
+        if not (_is_number(want.judge_temperature) and want.judge_temperature > 0):
+            raise VcrdError(f"{_WHERE}: RowExtras.judge_temperature={want.judge_temperature!r}; expected a number > 0")
+    if want.teacher_topk_sq and (isinstance(want.top_k, bool) or not isinstance(want.top_k, int) or want.top_k < 1):
+        raise VcrdError(f"{_WHERE}: RowExtras.top_k={want.top_k!r}; expected an int >= 1")
+    ids = want.token_ids
+    if want.teacher_token_prob and ids is not None:
+        if not isinstance(ids, torch.Tensor) or ids.shape != (n,) or ids.is_floating_point() or ids.is_complex():
+            got = tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__
+            raise VcrdError(f"{_WHERE}: RowExtras.token_ids must be an integer tensor [n] = ({n},), got {got}")
+        if n and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+            raise VcrdError(
+                f"{_WHERE}: RowExtras.token_ids must lie in the real vocabulary [0, {vocab}); "
+                f"got values in [{int(ids.min())}, {int(ids.max())}]"
+            )
+
+
+def _linear(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    if bias is None:
+        return hidden @ weight.T
+    return torch.addmm(bias.to(weight.dtype), hidden, weight.T)
+
+
+def _sample(logits: torch.Tensor, want: RowExtras) -> torch.Tensor:
+    """One draw per row of float32 ``[c, V]`` logits at ``(sample_temperature, top_p)``."""
+    if want.sample_temperature == 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits / want.sample_temperature, dim=-1)
+    if want.top_p >= 1:
+        return torch.multinomial(probs, 1, generator=want.generator).squeeze(1)
+    sorted_p, order = probs.sort(dim=-1, descending=True)
+    del probs
+    # Drop a token when the more likely tokens before it already reach top_p (the first one always stays).
+    drop = (sorted_p.cumsum(-1) - sorted_p) >= want.top_p
+    sorted_p.masked_fill_(drop, 0.0)
+    del drop
+    choice = torch.multinomial(sorted_p, 1, generator=want.generator)
+    return order.gather(1, choice).squeeze(1)
+
+
+@dataclass
+class _Plan:
+    """Everything of one call but the three differentiable inputs."""
+
+    divergence: Divergence
+    teacher_hidden: torch.Tensor
+    teacher_weight: torch.Tensor
+    teacher_bias: torch.Tensor | None
+    rows: torch.Tensor
+    coefficients: torch.Tensor
+    vocab: int
+    temperature: float
+    chunk: int
+    want: RowExtras
+
+
+def _run(
+    plan: _Plan,
+    student_hidden: torch.Tensor,
+    student_weight: torch.Tensor,
+    student_bias: torch.Tensor | None,
+    need: tuple[bool, bool, bool],
+) -> tuple[FusedLinearOutput, tuple[torch.Tensor | None, ...]]:
+    """The chunk loop: per-row values and extras, and (for ``need``) gradients of ``Σ c_n D_n``."""
+    need_h, need_w, need_b = need
+    need_any = need_h or need_w or need_b
+    rows, vocab, tau, want, div = plan.rows, plan.vocab, plan.temperature, plan.want, plan.divergence
+    n, device = rows.numel(), student_hidden.device
+    ws = student_weight.detach()[:vocab]
+    bs = None if student_bias is None else student_bias.detach()[:vocab]
+    wt = plan.teacher_weight[:vocab]
+    bt = None if plan.teacher_bias is None else plan.teacher_bias[:vocab]
+    s_rows, t_rows = _Rows(student_hidden.detach()), _Rows(plan.teacher_hidden)
+
+    values = torch.empty(n, dtype=torch.float32, device=device)
+    want_greedy = want.student_greedy or (want.teacher_token_prob and want.token_ids is None)
+    greedy = torch.empty(n, dtype=torch.long, device=device) if want_greedy else None
+    sample = torch.empty(n, dtype=torch.long, device=device) if want.student_sample else None
+    token_prob = torch.empty(n, dtype=torch.float32, device=device) if want.teacher_token_prob else None
+    topk_sq = torch.empty(n, dtype=torch.float32, device=device) if want.teacher_topk_sq else None
+    token_ids = None if want.token_ids is None else want.token_ids.to(device).long()
+
+    grad_h = grad_w = grad_b = None
+    if need_h:  # contiguous [M, H_s] buffer: zeros at unselected rows
+        shape = (_numel_lead(student_hidden), student_hidden.shape[-1])
+        grad_h = torch.zeros(shape, dtype=student_hidden.dtype, device=device)
+    if need_w:
+        grad_w = torch.zeros_like(student_weight, memory_format=torch.contiguous_format)
+    if need_b:
+        assert student_bias is not None
+        grad_b = torch.zeros(student_bias.shape, dtype=torch.float32, device=device)
+
+    for start in range(0, n, plan.chunk):
+        stop = min(start + plan.chunk, n)
+        r = rows[start:stop]
+        hs = s_rows.take(r).to(ws.dtype)
+        zs = _linear(hs, ws, bs)
+        zt = _linear(t_rows.take(r).to(wt.dtype), wt, bt)
+        if greedy is not None:
+            greedy[start:stop] = zs.argmax(-1)
+        s32 = zs.float()
+        del zs
+        if sample is not None:
+            sample[start:stop] = _sample(s32, want)
+        t32 = zt.float()
+        del zt
+        with torch.set_grad_enabled(need_any):
+            if need_any:
+                s32 = s32.detach().requires_grad_(True)
+            teacher_logp = torch.log_softmax(t32 / tau if tau != 1.0 else t32, dim=-1)
+            if token_prob is not None or topk_sq is not None:
+                if want.judge_temperature == tau:
+                    judge_logp = teacher_logp.detach()
+                else:
+                    judge_logp = torch.log_softmax(t32 / want.judge_temperature, dim=-1)
+                if token_prob is not None:
+                    ids = token_ids[start:stop] if token_ids is not None else greedy[start:stop]  # type: ignore[index]
+                    token_prob[start:stop] = judge_logp.gather(1, ids.unsqueeze(1)).squeeze(1).exp()
+                if topk_sq is not None:
+                    top = judge_logp.topk(min(want.top_k, vocab), dim=-1).values
+                    # p² as exp(2 log p): exact 0 for -inf logits; Σ p² ≤ 1 up to float32 rounding
+                    topk_sq[start:stop] = (2.0 * top).exp().sum(-1).clamp(max=1.0)
+                    del top
+                del judge_logp
+            del t32
+            student_logp = torch.log_softmax(s32 / tau if tau != 1.0 else s32, dim=-1)
+            chunk_values = div.value(teacher_logp, student_logp)
+            if not isinstance(chunk_values, torch.Tensor) or chunk_values.shape != (stop - start,):
+                got = (
+                    tuple(chunk_values.shape) if isinstance(chunk_values, torch.Tensor) else type(chunk_values).__name__
+                )
+                raise VcrdError(
+                    f"divergence '{getattr(div, 'name', type(div).__name__)}': value() must return one value per row, "
+                    f"shape ({stop - start},); got {got}"
+                )
+            chunk_values = chunk_values.float()
+            g = None
+            if need_any and chunk_values.requires_grad:  # else: a divergence constant in the student
+                weighted = (chunk_values * plan.coefficients[start:stop]).sum()
+                (g,) = torch.autograd.grad(weighted, s32, allow_unused=True)
+                del weighted
+        values[start:stop] = chunk_values.detach()
+        del teacher_logp, student_logp, chunk_values, s32
+        if g is not None:
+            if grad_b is not None:
+                grad_b[:vocab] += g.sum(0)
+            g_low = g.to(ws.dtype)
+            del g
+            if grad_h is not None:
+                grad_h.index_add_(0, r, (g_low @ ws).to(grad_h.dtype))
+            if grad_w is not None:
+                grad_w[:vocab].addmm_(g_low.T, hs)
+            del g_low
+        del hs
+
+    loss = (values * plan.coefficients).sum()
+    out = FusedLinearOutput(
+        loss=loss,
+        values=values,
+        student_greedy=greedy if want.student_greedy else None,
+        student_sample=sample,
+        teacher_token_prob=token_prob,
+        teacher_topk_sq=topk_sq,
+    )
+    if grad_b is not None:
+        assert student_bias is not None
+        grad_b = grad_b.to(student_bias.dtype)
+    return out, (grad_h, grad_w, grad_b)
+
+
+def _numel_lead(x: torch.Tensor) -> int:
+    m = 1
+    for d in x.shape[:-1]:
+        m *= d
+    return m
+
+
+class _FusedLinearFunction(torch.autograd.Function):
+    """Values, extras and gradients in forward; backward multiplies the stored gradients by ``∂L/∂loss``."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        student_hidden: torch.Tensor,
+        student_weight: torch.Tensor,
+        student_bias: torch.Tensor | None,
+        plan: _Plan,
+        need: tuple[bool, bool, bool],
+        sink: dict[str, FusedLinearOutput],
+    ) -> torch.Tensor:
+        out, grads = _run(plan, student_hidden, student_weight, student_bias, need)
+        sink["out"] = out
+        ctx.grads = grads
+        ctx.hidden_shape = student_hidden.shape
+        return out.loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        grads = ctx.grads
+        if grads is None:
+            raise VcrdError(
+                f"{_WHERE}: its loss supports a single backward pass (the gradient buffers are scaled in place); "
+                "recompute it instead of using retain_graph=True"
+            )
+        ctx.grads = None
+        grad_h, grad_w, grad_b = grads
+        if not bool(torch.equal(grad_output, torch.ones_like(grad_output))):
+            for t in (grad_h, grad_w, grad_b):
+                if t is not None:
+                    t.mul_(grad_output)
+        if grad_h is not None:
+            grad_h = grad_h.view(ctx.hidden_shape)
+        return grad_h, grad_w, grad_b, None, None, None
+
+
+def fused_linear_divergence(
+    divergence: Divergence,
+    student_hidden: torch.Tensor,
+    student_weight: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    teacher_weight: torch.Tensor,
+    *,
+    rows: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
+    student_bias: torch.Tensor | None = None,
+    teacher_bias: torch.Tensor | None = None,
+    vocab_size: int | None = None,
+    temperature: float = 1.0,
+    chunk_size: int | None = None,
+    want: RowExtras | None = None,
+) -> FusedLinearOutput:
+    """Weighted divergence ``Σ_n c_n D(p_n, q_n)`` from hidden states and lm_heads, never building ``[N, V]`` logits.
+
+    Args:
+        divergence: states ``value(log p, log q) -> [n]`` on one float32 chunk (any built-in or plugin).
+        student_hidden: ``[..., H_s]``, the student's last hidden states (the lm_head's input).
+        student_weight: the student's lm_head weight ``[V_s, H_s]``; gets a gradient if it requires grad.
+        teacher_hidden: ``[..., H_t]`` with the same leading dims; never gets a gradient (detached).
+        teacher_weight: the teacher's lm_head weight ``[V_t, H_t]``; never gets a gradient.
+        rows: optional 1-D int flat indices into the leading dims (the rows whose logits give the decision
+            points' distributions: row ``t-1`` for decision point ``t``); default every row in order.
+            Repeated indices are allowed (each occurrence counts).
+        weights: optional detached per-row coefficients ``c_n`` ``[n]`` (VCRD's ``w_n`` times the
+            reduction's factor, see :func:`row_coefficients`); default 1.
+        student_bias, teacher_bias: optional lm_head biases ``[V_s]`` / ``[V_t]``.
+        vocab_size: the tokenizer's real vocabulary: only rows ``[:vocab_size]`` of the lm_heads (logit
+            columns) are used. Required when ``V_t != V_s`` (padded lm_heads).
+        temperature: ``τ > 0``; both distributions are ``softmax(logits / τ)``.
+        chunk_size: rows per chunk; default :func:`default_chunk_size` (a ~128 MiB float32 block).
+        want: per-row extras from the same logits (:class:`RowExtras`); default none.
+
+    Returns a :class:`FusedLinearOutput`: ``loss`` (differentiable float32 scalar), ``values`` (detached
+    ``D_n``) and the extras asked for. Gradients are computed in the forward pass (see the module
+    docstring): the loss supports one backward pass, no double backward. If nothing that needs a gradient
+    requires one (or grad mode is off), no gradient work is done and ``loss`` has no graph. Validation
+    reads ``rows`` (range) on the host: one device synchronisation.
+    """
+    if not callable(getattr(divergence, "value", None)):
+        raise VcrdError(f"{_WHERE}: divergence must be a vcrd_core.Divergence, got {type(divergence).__name__}")
+    v_s, _ = _check_matrix("student", student_hidden, student_weight, student_bias)
+    v_t, _ = _check_matrix("teacher", teacher_hidden, teacher_weight, teacher_bias)
+    if teacher_hidden.shape[:-1] != student_hidden.shape[:-1]:
+        raise VcrdError(
+            f"{_WHERE}: teacher_hidden and student_hidden must have the same leading dims "
+            f"(got {tuple(teacher_hidden.shape)} and {tuple(student_hidden.shape)})"
+        )
+    device = student_hidden.device
+    if teacher_hidden.device != device:
+        raise VcrdError(
+            f"{_WHERE}: teacher_hidden is on {teacher_hidden.device} but student_hidden on {device}; "
+            "move both to one device"
+        )
+    if vocab_size is None:
+        if v_t != v_s:
+            raise VcrdError(
+                f"{_WHERE}: teacher and student lm_heads have different vocabulary sizes ({v_t} vs {v_s}, padded "
+                "lm_heads); pass vocab_size=<the tokenizer's real vocabulary size>"
+            )
+        vocab = v_s
+    else:
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or not 1 <= vocab_size <= min(v_t, v_s):
+            raise VcrdError(
+                f"{_WHERE}: vocab_size={vocab_size!r} is invalid; expected an int in [1, {min(v_t, v_s)}] "
+                f"(teacher lm_head has {v_t} rows, student lm_head {v_s})"
+            )
+        vocab = vocab_size
+    if not (_is_number(temperature) and temperature > 0):
+        raise VcrdError(f"{_WHERE}: temperature={temperature!r} is invalid; expected a finite number > 0")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise VcrdError(f"{_WHERE}: chunk_size={chunk_size!r} is invalid; expected an int >= 1 or None")
+    m = _numel_lead(student_hidden)
+    if rows is None:
+        rows = torch.arange(m, device=device)
+    else:
+        if not isinstance(rows, torch.Tensor) or rows.dim() != 1 or rows.dtype not in (torch.int64, torch.int32):
+            raise VcrdError(f"{_WHERE}: rows must be a 1-D int64 tensor of flat row indices (decision points)")
+        rows = rows.to(device).long()
+        if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= m):
+            raise VcrdError(
+                f"{_WHERE}: rows must lie in [0, {m}) (the flattened leading dims {tuple(student_hidden.shape[:-1])}); "
+                f"got values in [{int(rows.min())}, {int(rows.max())}]"
+            )
+    n = rows.numel()
+    if weights is None:
+        coefficients = torch.ones(n, dtype=torch.float32, device=device)
+    else:
+        if not isinstance(weights, torch.Tensor) or weights.shape != (n,) or not weights.is_floating_point():
+            got = (
+                f"{weights.dtype} {tuple(weights.shape)}"
+                if isinstance(weights, torch.Tensor)
+                else type(weights).__name__
+            )
+            raise VcrdError(f"{_WHERE}: weights must be a float tensor [n] = ({n},), one per selected row; got {got}")
+        if weights.device != device:
+            raise VcrdError(f"{_WHERE}: weights are on {weights.device} but student_hidden on {device}")
+        coefficients = weights.detach().to(torch.float32)
+    want = RowExtras() if want is None else want
+    _check_extras(want, n, vocab, device)
+
+    plan = _Plan(
+        divergence=divergence,
+        teacher_hidden=teacher_hidden.detach(),
+        teacher_weight=teacher_weight.detach(),
+        teacher_bias=None if teacher_bias is None else teacher_bias.detach(),
+        rows=rows,
+        coefficients=coefficients,
+        vocab=vocab,
+        temperature=float(temperature),
+        chunk=chunk_size if chunk_size is not None else default_chunk_size(vocab),
+        want=want,
+    )
+    grad_on = torch.is_grad_enabled()
+    need = (
+        grad_on and student_hidden.requires_grad,
+        grad_on and student_weight.requires_grad,
+        grad_on and student_bias is not None and student_bias.requires_grad,
+    )
+    with torch.autocast(device_type=device.type, enabled=False):
+        if not any(need):
+            with torch.no_grad():
+                out, _ = _run(plan, student_hidden, student_weight, student_bias, need)
+            return out
+        sink: dict[str, FusedLinearOutput] = {}
+        loss = _FusedLinearFunction.apply(student_hidden, student_weight, student_bias, plan, need, sink)
+    out = sink["out"]
+    out.loss = loss
+    return out
