@@ -59,17 +59,31 @@ How to use from the objective (one stream; ``decision_mask`` ``[B, L]``, weights
     loss_sum = out.loss          # == the objective's StreamOutput.loss_sum; count == its count
     values = out.values          # detached D_n for logging / weight statistics
 
-``student_hidden``/``teacher_hidden`` are the models' last hidden states (``output_hidden_states=True``
-``[-1]``, i.e. after the final norm, the lm_head's input), ``[B, L, H]``; the models' forward must then not
-build logits itself (call the base model, e.g. ``model.model(...)`` for HF causal LMs, or
-``logits_to_keep`` tricks). Weights that are needed before the loss (the judge's ``r_s``/``r_t``
-feed ``w``) come from a first, gradient-free call with ``want=`` (``torch.no_grad()``, ``weights`` unused),
-or from the rows' teacher logits; the loss call then runs with the final coefficients.
+``student_hidden``/``teacher_hidden`` are the models' last hidden states, ``[B, L, H]``, after the final
+norm (the lm_head's input): for HF causal LMs call the base model (``model.model(...).last_hidden_state``;
+under PEFT ``model.get_base_model().model(...)``) so that no ``[B, L, V]`` logits are built, and pass
+``model.get_output_embeddings().weight`` (with tied embeddings, e.g. Qwen2.5-1.5B, that is the embedding
+matrix: its gradient lands on the one shared parameter). The teacher's hidden states come from a
+``torch.no_grad()`` forward.
+
+Weights that depend on these logits (the ``teacher_likelihood`` judge's ``r_s``/``r_t`` feed the weighting
+rule, which is elementwise) need no second pass: pass a callable as ``weights``. It is called once per chunk,
+after the chunk's extras and before its gradient, with a :class:`RowChunk` (the chunk's ``[start, stop)``
+slice of the selected rows and its extras), and returns the chunk's coefficients ``c_n`` ``[stop - start]``
+(detached); ``out.coefficients`` holds all of them afterwards::
+
+    factor = row_coefficients(None, seq_idx, reduction)[0]         # 1 / n_b or 1: known before the pass
+    def coefficients(chunk):
+        w = rule(chunk.teacher_token_prob, chunk.teacher_topk_sq)  # e.g. log_clamp: VCRD-Prob's w_t
+        return w * factor[chunk.start:chunk.stop]
+    out = fused_linear_divergence(..., weights=coefficients,
+                                  want=RowExtras(teacher_token_prob=True, teacher_topk_sq=True))
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -124,16 +138,35 @@ class RowExtras:
 
 
 @dataclass
+class RowChunk:
+    """One chunk as a ``weights`` callable sees it: selected rows ``[start, stop)`` and their extras.
+
+    ``rows``: the chunk's flat row indices; the extras are those asked for through :class:`RowExtras`
+    (``None`` otherwise; ``student_greedy`` is also set when ``teacher_token_prob`` reads the greedy token).
+    """
+
+    start: int
+    stop: int
+    rows: torch.Tensor
+    student_greedy: torch.Tensor | None = None
+    student_sample: torch.Tensor | None = None
+    teacher_token_prob: torch.Tensor | None = None
+    teacher_topk_sq: torch.Tensor | None = None
+
+
+@dataclass
 class FusedLinearOutput:
     """Result of :func:`fused_linear_divergence` for ``n`` selected rows.
 
     ``loss``: float32 scalar ``Σ_n c_n D_n``, differentiable w.r.t. the student hidden states, lm_head
-    weight and bias (whichever require grad). ``values``: the detached float32 ``D_n``, ``[n]``. The
+    weight and bias (whichever require grad). ``values``: the detached float32 ``D_n``, ``[n]``.
+    ``coefficients``: the float32 ``c_n`` used (given, returned by a ``weights`` callable, or 1). The
     other fields are ``None`` unless asked for through :class:`RowExtras`.
     """
 
     loss: torch.Tensor
     values: torch.Tensor
+    coefficients: torch.Tensor
     student_greedy: torch.Tensor | None = None
     student_sample: torch.Tensor | None = None
     teacher_token_prob: torch.Tensor | None = None
@@ -295,6 +328,7 @@ class _Plan:
     teacher_bias: torch.Tensor | None
     rows: torch.Tensor
     coefficients: torch.Tensor
+    coefficient_fn: Callable[[RowChunk], torch.Tensor] | None
     vocab: int
     temperature: float
     chunk: int
@@ -381,6 +415,19 @@ def _run(
                     f"shape ({stop - start},); got {got}"
                 )
             chunk_values = chunk_values.float()
+            if plan.coefficient_fn is not None:
+                plan.coefficients[start:stop] = _chunk_coefficients(
+                    plan.coefficient_fn,
+                    RowChunk(
+                        start,
+                        stop,
+                        r,
+                        None if greedy is None else greedy[start:stop],
+                        None if sample is None else sample[start:stop],
+                        None if token_prob is None else token_prob[start:stop],
+                        None if topk_sq is None else topk_sq[start:stop],
+                    ),
+                )
             g = None
             if need_any and chunk_values.requires_grad:  # else: a divergence constant in the student
                 weighted = (chunk_values * plan.coefficients[start:stop]).sum()
@@ -404,6 +451,7 @@ def _run(
     out = FusedLinearOutput(
         loss=loss,
         values=values,
+        coefficients=plan.coefficients,
         student_greedy=greedy if want.student_greedy else None,
         student_sample=sample,
         teacher_token_prob=token_prob,
@@ -413,6 +461,19 @@ def _run(
         assert student_bias is not None
         grad_b = grad_b.to(student_bias.dtype)
     return out, (grad_h, grad_w, grad_b)
+
+
+def _chunk_coefficients(fn: Callable[[RowChunk], torch.Tensor], chunk: RowChunk) -> torch.Tensor:
+    with torch.no_grad():
+        c = fn(chunk)
+    n = chunk.stop - chunk.start
+    if not isinstance(c, torch.Tensor) or c.shape != (n,) or not c.is_floating_point():
+        got = f"{c.dtype} {tuple(c.shape)}" if isinstance(c, torch.Tensor) else type(c).__name__
+        raise VcrdError(
+            f"{_WHERE}: the weights callable must return a float tensor [{n}] for rows [{chunk.start}, {chunk.stop}); "
+            f"got {got}"
+        )
+    return c.detach().to(device=chunk.rows.device, dtype=torch.float32)
 
 
 def _numel_lead(x: torch.Tensor) -> int:
@@ -469,7 +530,7 @@ def fused_linear_divergence(
     teacher_weight: torch.Tensor,
     *,
     rows: torch.Tensor | None = None,
-    weights: torch.Tensor | None = None,
+    weights: torch.Tensor | Callable[[RowChunk], torch.Tensor] | None = None,
     student_bias: torch.Tensor | None = None,
     teacher_bias: torch.Tensor | None = None,
     vocab_size: int | None = None,
@@ -489,7 +550,9 @@ def fused_linear_divergence(
             points' distributions: row ``t-1`` for decision point ``t``); default every row in order.
             Repeated indices are allowed (each occurrence counts).
         weights: optional detached per-row coefficients ``c_n`` ``[n]`` (VCRD's ``w_n`` times the
-            reduction's factor, see :func:`row_coefficients`); default 1.
+            reduction's factor, see :func:`row_coefficients`); default 1. Or a callable
+            ``RowChunk -> [stop - start]`` that gives each chunk's coefficients from its extras (called
+            once per chunk, before the chunk's gradient; see the module docstring).
         student_bias, teacher_bias: optional lm_head biases ``[V_s]`` / ``[V_t]``.
         vocab_size: the tokenizer's real vocabulary: only rows ``[:vocab_size]`` of the lm_heads (logit
             columns) are used. Required when ``V_t != V_s`` (padded lm_heads).
@@ -549,8 +612,12 @@ def fused_linear_divergence(
                 f"got values in [{int(rows.min())}, {int(rows.max())}]"
             )
     n = rows.numel()
+    coefficient_fn = None
     if weights is None:
         coefficients = torch.ones(n, dtype=torch.float32, device=device)
+    elif callable(weights) and not isinstance(weights, torch.Tensor):
+        coefficient_fn = weights
+        coefficients = torch.zeros(n, dtype=torch.float32, device=device)
     else:
         if not isinstance(weights, torch.Tensor) or weights.shape != (n,) or not weights.is_floating_point():
             got = (
@@ -558,7 +625,9 @@ def fused_linear_divergence(
                 if isinstance(weights, torch.Tensor)
                 else type(weights).__name__
             )
-            raise VcrdError(f"{_WHERE}: weights must be a float tensor [n] = ({n},), one per selected row; got {got}")
+            raise VcrdError(
+                f"{_WHERE}: weights must be a float tensor [n] = ({n},), one per selected row, or a callable; got {got}"
+            )
         if weights.device != device:
             raise VcrdError(f"{_WHERE}: weights are on {weights.device} but student_hidden on {device}")
         coefficients = weights.detach().to(torch.float32)
@@ -572,6 +641,7 @@ def fused_linear_divergence(
         teacher_bias=None if teacher_bias is None else teacher_bias.detach(),
         rows=rows,
         coefficients=coefficients,
+        coefficient_fn=coefficient_fn,
         vocab=vocab,
         temperature=float(temperature),
         chunk=chunk_size if chunk_size is not None else default_chunk_size(vocab),

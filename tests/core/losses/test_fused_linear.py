@@ -18,6 +18,7 @@ from vcrd_core.errors import VcrdError
 from vcrd_core.losses.chunked import chunked_divergence
 from vcrd_core.losses.fused_linear import (
     FusedLinearOutput,
+    RowChunk,
     RowExtras,
     default_chunk_size,
     fused_linear_divergence,
@@ -438,6 +439,67 @@ def test_student_sample_follows_the_tempered_nucleus_distribution(temperature: f
     assert torch.all((freq - p).abs() <= 4.5 * se + 1e-12), (freq, p)
 
 
+# ---- weights computed per chunk from the same pass (the judge's scores feed the weighting rule) ----
+
+
+def vcrd_prob_weight(r_s: torch.Tensor, r_t: torch.Tensor) -> torch.Tensor:
+    """The paper's VCRD-Prob weight: exp(clip(0.5 log(r_s / (r_t + 1e-8)), log 0.5, log 2))."""
+    return torch.exp(
+        (0.5 * torch.log(r_s / (r_t + 1e-8))).clamp(torch.log(torch.tensor(0.5)), torch.log(torch.tensor(2.0)))
+    )
+
+
+def test_weights_callable_gives_the_same_loss_and_gradients_as_two_passes() -> None:
+    case, div = Case(seed=220), vcrd_core.create(vcrd_core.DIVERGENCES, "skl", {})
+    want = RowExtras(teacher_token_prob=True, teacher_topk_sq=True)
+    factor = torch.linspace(0.5, 1.5, 8)  # a reduction's per-row factor, known before the pass
+    with torch.no_grad():
+        first = fused_linear_divergence(
+            div,
+            case.student_hidden,
+            case.student_weight,
+            case.teacher_hidden,
+            case.teacher_weight,
+            student_bias=case.student_bias,
+            teacher_bias=case.teacher_bias,
+            rows=ROWS,
+            vocab_size=57,
+            want=want,
+        )
+    assert first.teacher_token_prob is not None and first.teacher_topk_sq is not None
+    w = vcrd_prob_weight(first.teacher_token_prob, first.teacher_topk_sq) * factor
+    assert not torch.allclose(w, torch.ones(8))
+    two_pass = check_against_reference(case, div, rows=ROWS, vocab_size=57, weights=w, chunk_size=3)
+
+    seen: list[tuple[int, int, list[int]]] = []
+
+    def coefficients(chunk: RowChunk) -> torch.Tensor:
+        seen.append((chunk.start, chunk.stop, chunk.rows.tolist()))
+        assert chunk.teacher_token_prob is not None and chunk.teacher_topk_sq is not None
+        return vcrd_prob_weight(chunk.teacher_token_prob, chunk.teacher_topk_sq) * factor[chunk.start : chunk.stop]
+
+    one_pass, grads = case.run(div, rows=ROWS, vocab_size=57, weights=coefficients, chunk_size=3, want=want)
+    _, ref_grads, _, _ = case.reference(div, rows=ROWS, vocab_size=57, weights=w)
+    assert seen == [(0, 3, ROWS[:3].tolist()), (3, 6, ROWS[3:6].tolist()), (6, 8, ROWS[6:].tolist())]
+    assert_close(one_pass.coefficients, w, rtol=1e-6, atol=1e-7)
+    assert_close(one_pass.loss, two_pass.loss)
+    for key in ("hidden", "weight", "bias"):
+        assert_close(grads[key], ref_grads[key])
+
+
+def test_given_or_default_coefficients_are_returned() -> None:
+    out, _ = Case(seed=230).run(RecordingKL(), rows=ROWS, vocab_size=57)
+    assert torch.equal(out.coefficients, torch.ones(8))
+    w = torch.arange(8, dtype=torch.float64)
+    out, _ = Case(seed=230).run(RecordingKL(), rows=ROWS, vocab_size=57, weights=w)
+    assert out.coefficients.dtype == torch.float32 and torch.equal(out.coefficients, w.float())
+
+
+def test_weights_callable_returning_the_wrong_shape_is_refused() -> None:
+    with pytest.raises(VcrdError, match=r"the weights callable must return a float tensor \[3\] for rows \[0, 3\)"):
+        Case(seed=240).run(RecordingKL(), rows=ROWS, vocab_size=57, chunk_size=3, weights=lambda chunk: torch.ones(2))
+
+
 # ---- coefficients for the objective's reductions ----
 
 
@@ -501,7 +563,10 @@ def call(case: Case, **kwargs: object) -> FusedLinearOutput:
         ({"rows": torch.tensor([0, 14])}, r"rows must lie in \[0, 14\)"),
         ({"rows": torch.tensor([[1]])}, "rows must be a 1-D int64"),
         ({"rows": torch.tensor([1.0])}, "rows must be a 1-D int64"),
-        ({"weights": torch.ones(13)}, r"weights must be a float tensor \[n\] = \(14,\)"),
+        (
+            {"weights": torch.ones(13)},
+            r"weights must be a float tensor \[n\] = \(14,\), one per selected row, or a callable",
+        ),
         (
             {
                 "teacher_hidden": torch.zeros(2, 7, 24, device="meta"),
@@ -541,3 +606,30 @@ def test_divergence_returning_the_wrong_shape_is_refused() -> None:
             case.teacher_weight,
             vocab_size=57,
         )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (GPU-only check)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_on_cuda_values_and_gradients_match_the_float64_reference(dtype: torch.dtype) -> None:
+    case, div = Case(seed=250, dtype=dtype), vcrd_core.create(vcrd_core.DIVERGENCES, "skl", {})
+    h = case.student_hidden.cuda().requires_grad_(True)
+    w = case.student_weight.cuda().requires_grad_(True)
+    out = fused_linear_divergence(
+        div,
+        h,
+        w,
+        case.teacher_hidden.cuda(),
+        case.teacher_weight.cuda(),
+        rows=ROWS.cuda(),
+        vocab_size=57,
+        student_bias=case.student_bias.cuda(),
+        teacher_bias=case.teacher_bias.cuda(),
+        chunk_size=3,  # type: ignore[union-attr]
+        want=RowExtras(student_greedy=True, teacher_topk_sq=True),
+    )
+    out.loss.backward()
+    ref_values, ref, _, _ = case.reference(div, rows=ROWS, vocab_size=57)
+    tol = 1e-4 if dtype == torch.float32 else 3e-2  # TF32 may be on for float32 matmuls
+    assert_close(out.values.cpu(), ref_values, tol, tol)
+    assert_close(h.grad.cpu(), ref["hidden"], tol, tol)  # type: ignore[union-attr]
+    assert_close(w.grad.cpu(), ref["weight"], tol, tol)  # type: ignore[union-attr]
