@@ -5,9 +5,10 @@ Stable public API: :func:`available`, :func:`create`, the component base classes
 
 from __future__ import annotations
 
+from vcrd_core.decision_points import IGNORE_INDEX, DecisionPoints, Stream
 from vcrd_core.errors import ConfigError, ParamError, PluginError, VcrdError
 from vcrd_core.hookspecs import hookimpl
-from vcrd_core.judging.judge import Judge, JudgeContext, JudgeRequest, JudgeScores, Need, Stream, TokenJudge
+from vcrd_core.judging.judge import Judge, JudgeContext, JudgeRequest, JudgeScores, Need, TokenJudge
 from vcrd_core.losses.divergence import Divergence
 from vcrd_core.losses.objective import (
     ObjectiveOutput,
@@ -16,7 +17,6 @@ from vcrd_core.losses.objective import (
     StreamLoss,
     VCRDObjective,
     VcrdWeightWarning,
-    decision_mask,
 )
 from vcrd_core.losses.weighting import WeightingRule
 from vcrd_core.plugins.component import Component, ComponentSpec
@@ -43,6 +43,7 @@ __all__ = [
     "DIVERGENCES",
     "EVALUATORS",
     "GENERATORS",
+    "IGNORE_INDEX",
     "JUDGES",
     "KINDS",
     "PLUGIN_API_VERSION",
@@ -50,6 +51,7 @@ __all__ = [
     "Component",
     "ComponentSpec",
     "ConfigError",
+    "DecisionPoints",
     "Divergence",
     "DivergenceSpec",
     "EvaluatorSpec",
@@ -77,6 +79,5 @@ __all__ = [
     "__version__",
     "available",
     "create",
-    "decision_mask",
     "hookimpl",
 ]

@@ -11,6 +11,7 @@ import yaml
 from vcrd_core.config.loader import load_config, resolved_dict, validate_components
 from vcrd_core.config.schema import config_schema
 from vcrd_core.errors import VcrdError
+from vcrd_core.runs.preflight import preflight
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -21,8 +22,6 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from vcrd_core.runs.preflight import preflight
-
     config = load_config(args.file, args.set)
     found = preflight(config)
     print(f"{args.file}: ready to run (shared tokenizer, {found.vocab_size} ids; paths and judges checked)")

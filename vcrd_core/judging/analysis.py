@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from vcrd_core.decision_points import Stream
 from vcrd_core.errors import VcrdError
-from vcrd_core.judging.judge import Stream
 from vcrd_core.judging.score_records import ScoreRecord
 
 #: ``ε`` of the ratio (SPEC "Weights").

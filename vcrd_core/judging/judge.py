@@ -1,6 +1,6 @@
 """The judge interface: local-validity scores ``r(c, a) in [0, 1]`` labelled by role.
 
-At every decision point ``t`` of a stream (SPEC's indexing convention: the token at position ``t``
+At every decision point ``t`` of a stream (:class:`vcrd_core.DecisionPoints`: the token at position ``t``
 of a rollout, predicted from the logits at ``t-1``) a judge scores two proposals at the same prefix:
 
 * teacher-prefix stream: the rollout token is the teacher's ``a^T_t`` and the proposal is the
@@ -21,15 +21,9 @@ from typing import Any, ClassVar
 
 import torch
 
+from vcrd_core.decision_points import DecisionPoints, Stream
 from vcrd_core.errors import VcrdError
 from vcrd_core.plugins.component import Component
-
-
-class Stream(str, enum.Enum):
-    """Which rollout the prefixes come from."""
-
-    TEACHER_PREFIX = "teacher_prefix"
-    STUDENT_PREFIX = "student_prefix"
 
 
 class Need(str, enum.Enum):
@@ -55,14 +49,17 @@ class JudgeContext:
 class JudgeRequest:
     """One padded batch of one stream. Shapes: ``[B, L]`` unless noted.
 
-    ``teacher_logits`` is the teacher's unshifted output ``[B, L, V]`` (row ``t-1`` predicts token
-    ``t``); ``prompt_lengths`` ``[B]`` counts the prompt tokens after any left padding.
+    ``points`` are the decision points to score; ``proposals[b, t]`` and ``student_greedy[b, t]`` hold
+    the other model's proposal and the student's greedy token *at* decision point ``t`` (proposed from
+    the prefix ``y_{<t}``). ``teacher_logits`` is the teacher's unshifted output ``[B, L, V]``: read it
+    through ``points.logits_at`` (row ``t-1``). ``prompt_lengths`` ``[B]`` counts the prompt tokens after
+    any left padding.
     """
 
     stream: Stream
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
-    decision_mask: torch.Tensor
+    points: DecisionPoints
     proposals: torch.Tensor | None = None
     student_greedy: torch.Tensor | None = None
     teacher_logits: torch.Tensor | None = None
@@ -117,7 +114,7 @@ class TokenJudge(Judge):
         if request.proposals is None:
             raise VcrdError(f"judge '{self.name}' needs the other model's proposals (JudgeRequest.proposals)")
         actual, alt = self.score_positions(
-            request.input_ids, request.attention_mask, request.proposals, request.decision_mask
+            request.input_ids, request.attention_mask, request.proposals, request.points.mask
         )
         if request.stream is Stream.TEACHER_PREFIX:
             return JudgeScores(r_s=alt, r_t=actual)
@@ -127,11 +124,9 @@ class TokenJudge(Judge):
 def checked_scores(judge: Judge, request: JudgeRequest) -> JudgeScores:
     """Call ``judge.score`` and refuse scores that are NaN or outside [0, 1] at decision points:
     they must never be turned into weights."""
-    from vcrd_core.losses.objective import check_preceded_by_tokens
-
-    check_preceded_by_tokens(request.decision_mask.bool(), request.attention_mask, f"judge '{judge.name}'")
+    request.points.check_follows_tokens(request.attention_mask, f"judge '{judge.name}'")
     scores = judge.score(request)
-    mask = request.decision_mask.bool()
+    mask = request.points.mask
     for role, values in (("r_s", scores.r_s), ("r_t", scores.r_t)):
         if values.shape != mask.shape:
             raise VcrdError(

@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
+from vcrd_core.decision_points import DecisionPoints, Stream
 from vcrd_core.errors import VcrdError
-from vcrd_core.judging.judge import Stream
 from vcrd_core.runs.atomic import atomic_writer
 
 #: Keys of one record; ``weights`` is optional.
@@ -156,7 +156,7 @@ def records_from_batch(
     stream: Stream | str,
     r_s: torch.Tensor,
     r_t: torch.Tensor,
-    decision_mask: torch.Tensor,
+    points: DecisionPoints,
     same_token: torch.Tensor,
     weights: torch.Tensor | None = None,
 ) -> list[ScoreRecord]:
@@ -165,7 +165,7 @@ def records_from_batch(
     This is how a scoring pipeline turns :class:`vcrd_core.JudgeScores` (and the weights it applied)
     into records.
     """
-    mask = decision_mask.bool()
+    mask = points.mask
     if len(ids) != mask.shape[0]:
         raise VcrdError(f"records_from_batch: {len(ids)} ids for a batch of {mask.shape[0]} rows")
     tensors = {

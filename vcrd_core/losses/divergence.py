@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from vcrd_core.losses.chunked import chunked_divergence
 from vcrd_core.plugins.component import Component
 
 
@@ -30,8 +31,6 @@ class Divergence(Component):
     ) -> torch.Tensor:
         """One value per row of ``[..., V]`` logits (or per selected flat row), float32, differentiable
         w.r.t. the student logits; memory-bounded (see :func:`vcrd_core.losses.chunked.chunked_divergence`)."""
-        from vcrd_core.losses.chunked import chunked_divergence
-
         return chunked_divergence(
             self,
             teacher_logits,

@@ -5,7 +5,7 @@ r"""The validity-weighted distillation objective (Eq. 3–4), usable from any tr
     \mathcal{L} = \lambda_T \sum_t w^T_t\, D_{\mathrm{SKL}}(p(\cdot|c^T_{t-1}) \,\|\, q_\theta(\cdot|c^T_{t-1}))
                  + \lambda_S \sum_t w^S_t\, D_{\mathrm{SRKL}}(p(\cdot|c^S_{t-1}) \,\|\, q_\theta(\cdot|c^S_{t-1}))
 
-over the decision points ``t`` of each stream (SPEC "Indexing convention": the response token at
+over the decision points ``t`` of each stream (:class:`vcrd_core.DecisionPoints`: the response token at
 position ``t``, whose distributions are the logits at row ``t-1``). Each stream's divergence is any
 :class:`vcrd_core.Divergence` (SKL and SRKL by default in configs; the baselines swap them).
 
@@ -26,10 +26,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from vcrd_core.decision_points import DecisionPoints, Stream
 from vcrd_core.errors import VcrdError
-from vcrd_core.judging.judge import Stream
 from vcrd_core.losses.chunked import chunked_divergence
 from vcrd_core.losses.divergence import Divergence
+from vcrd_core.plugins.registry import create
 
 if TYPE_CHECKING:
     from vcrd_core.config.models import ObjectiveConfig
@@ -50,52 +51,39 @@ class VcrdWeightWarning(UserWarning):
     """Weights above the objective's ``weight_warn_max`` (the ratio rule reaches ``1/ε`` when ``r_t -> 0``)."""
 
 
-def decision_mask(attention_mask: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
-    """The decision points ``[B, L]`` (bool): response tokens, EOS included, that are not padding.
-
-    Prompt tokens and padding are never decision points. Position 0 is never one either: a
-    decision point ``t`` reads the logits at row ``t-1``, which position 0 does not have.
-    Works with left and right padding alike (the masks are per position).
-    """
-    if attention_mask.shape != response_mask.shape or attention_mask.dim() != 2:
-        raise VcrdError(
-            f"decision_mask: attention_mask {tuple(attention_mask.shape)} and response_mask "
-            f"{tuple(response_mask.shape)} must both be [B, L]"
-        )
-    mask = attention_mask.bool() & response_mask.bool()
-    mask[:, 0] = False
-    check_preceded_by_tokens(mask, attention_mask, "decision_mask")
-    return mask
-
-
-def check_preceded_by_tokens(decision: torch.Tensor, attention_mask: torch.Tensor, where: str) -> None:
-    """Refuse a decision point ``t`` whose row ``t-1`` is padding: its logits are not ``p(·|c_{t-1})``.
-
-    Happens when a right-padded prompt is concatenated with its response (``[P P pad | R R]``).
-    """
-    follows_pad = decision[:, 1:] & ~attention_mask[:, :-1].bool()
-    if bool(follows_pad.any()):
-        b, t = (int(v) for v in follows_pad.nonzero()[0])
-        raise VcrdError(
-            f"{where}: decision point (row {b}, position {t + 1}) follows padding at position {t}, so its logits "
-            "row is not the prefix's; pack each sequence as prompt + response and pad only at the ends"
-        )
-
-
 @dataclass
 class StreamInputs:
     """One stream's batch, all at token positions ``[B, L]``.
 
     ``teacher_logits`` ``[B, L, V_t]`` and ``student_logits`` ``[B, L, V_s]`` are the models' unshifted
     outputs (row ``t-1`` predicts token ``t``); the teacher's carry no gradient (they are detached).
-    ``decision_mask`` ``[B, L]`` (bool) marks decision points ``t`` (see :func:`decision_mask`);
+    The decision points come as ``points`` (a :class:`DecisionPoints`) or as HF-style ``labels``
+    ``[B, L]`` (``-100``: not a decision point; :meth:`DecisionPoints.from_labels`), exactly one of them.
     ``weights`` ``[B, L]`` holds ``w_t`` at the same positions, or None for ``w = 1``.
     """
 
     teacher_logits: torch.Tensor
     student_logits: torch.Tensor
-    decision_mask: torch.Tensor
+    points: DecisionPoints | None = None
     weights: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if (self.points is None) == (self.labels is None):
+            raise VcrdError("StreamInputs: pass exactly one of points (a DecisionPoints) or labels (-100 elsewhere)")
+        if self.points is None:
+            assert self.labels is not None
+            self.points = DecisionPoints.from_labels(self.labels)
+        elif not isinstance(self.points, DecisionPoints):
+            raise VcrdError(
+                f"StreamInputs: points must be a vcrd_core.DecisionPoints (e.g. DecisionPoints.from_masks("
+                f"attention_mask, response_mask)), got {type(self.points).__name__}"
+            )
+
+    @property
+    def decision_points(self) -> DecisionPoints:
+        assert self.points is not None
+        return self.points
 
 
 class Reduction(str, enum.Enum):
@@ -155,18 +143,47 @@ class ObjectiveOutput:
     """The objective on one (micro-)batch, per stream (keys: ``teacher_prefix``, ``student_prefix``)."""
 
     streams: dict[str, StreamOutput]
+    reduction: Reduction = Reduction.SEQUENCE_MEAN
 
     def counts(self) -> dict[str, int]:
         """The local counts per stream: sum (all-reduce) them to get the global ``counts`` of :meth:`loss`."""
         return {name: out.count for name, out in self.streams.items()}
 
-    def loss(self, counts: Mapping[str, int | float | torch.Tensor] | None = None) -> torch.Tensor:
+    def loss(
+        self,
+        counts: Mapping[str, int | float | torch.Tensor] | None = None,
+        *,
+        num_items_in_batch: int | torch.Tensor | Mapping[str, int | torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """:math:`\\sum_k \\lambda_k\\, \\text{loss\\_sum}_k / \\text{count}_k` (Eq. 4).
 
         ``counts`` overrides the local counts with global ones (summed across processes and
         accumulation steps) so that the sum of the micro-batches' losses equals the loss of the
         whole batch. A stream whose count is 0 adds 0.
+
+        ``num_items_in_batch`` is transformers' ``Trainer.compute_loss`` argument of that name: the number of
+        label tokens (here: decision points) in the whole accumulated batch. It is the global count of the
+        ``token_mean`` reduction (one number for a one-stream objective, or a mapping per stream); the
+        sequence reductions count sequences, so they need ``counts`` instead and refuse it.
         """
+        if num_items_in_batch is not None:
+            if counts is not None:
+                raise VcrdError("ObjectiveOutput.loss: pass counts or num_items_in_batch, not both")
+            if self.reduction is not Reduction.TOKEN_MEAN:
+                raise VcrdError(
+                    f"ObjectiveOutput.loss: num_items_in_batch counts tokens, but the '{self.reduction.value}' "
+                    "reduction is normalised by sequences; pass counts= (each stream's counts() summed over "
+                    "micro-batches and processes) or use reduction token_mean"
+                )
+            if isinstance(num_items_in_batch, Mapping):
+                counts = num_items_in_batch
+            elif len(self.streams) == 1:
+                counts = dict.fromkeys(self.streams, num_items_in_batch)
+            else:
+                raise VcrdError(
+                    "ObjectiveOutput.loss: one num_items_in_batch for two streams is ambiguous; pass a mapping "
+                    f"{{stream: count}} for {', '.join(self.streams)}"
+                )
         counts = dict(counts or {})
         unknown = sorted(set(counts) - set(self.streams))
         if unknown:
@@ -255,8 +272,6 @@ class VCRDObjective:
     @classmethod
     def from_config(cls, config: ObjectiveConfig, *, vocab_size: int | None = None) -> VCRDObjective:
         """The objective a run config's ``objective`` section declares (disabled streams are left out)."""
-        from vcrd_core.plugins.registry import create
-
         losses: dict[str, StreamLoss | None] = {}
         for name in (Stream.TEACHER_PREFIX.value, Stream.STUDENT_PREFIX.value):
             stream = getattr(config, name)
@@ -294,32 +309,28 @@ class VCRDObjective:
             if inputs is None:
                 raise VcrdError(f"VCRDObjective: the {name} stream is configured but its StreamInputs are missing")
             streams[name] = self._stream(name, self.losses[name], inputs)
-        return ObjectiveOutput(streams)
+        return ObjectiveOutput(streams, self.reduction)
 
     def _stream(self, name: str, loss: StreamLoss, inputs: StreamInputs) -> StreamOutput:
-        teacher, student, mask = inputs.teacher_logits, inputs.student_logits, inputs.decision_mask
+        teacher, student = inputs.teacher_logits, inputs.student_logits
         self._check_shapes(name, inputs)
-        batch, length = mask.shape
-        mask = mask.to(device=student.device, dtype=torch.bool)
-        seq_idx, pos_idx = mask.nonzero(as_tuple=True)  # row-major: sequences in order
-        num_points = int(seq_idx.numel())
+        points = inputs.decision_points.to(student.device)
+        num_points = points.num_points
         if inputs.weights is None:
             weights = torch.ones(num_points, dtype=torch.float32, device=student.device)
         else:
-            weights = inputs.weights.detach().to(device=student.device)[seq_idx, pos_idx].to(torch.float32)
+            weights = points.gather(inputs.weights.detach().to(device=student.device)).to(torch.float32)
         stats = self._weight_stats(name, weights)
         if num_points == 0:
             # A zero that stays connected to the student's graph, so backward() still works.
             zero = student.reshape(-1)[:0].to(torch.float32).sum()
             return StreamOutput(zero, 0, 0, loss.lam, stats)
 
-        # Decision point t reads row t-1 of the flattened leading dims [B*L] (the logits are not copied).
-        rows = seq_idx * length + (pos_idx - 1)
         values = chunked_divergence(
             loss.divergence,
             teacher.detach(),
             student,
-            rows=rows,
+            rows=points.rows,  # the logits row t-1 of each decision point t (the logits are not copied)
             vocab_size=self.vocab_size,
             temperature=self.temperature,
             chunk_size=self.chunk_size,
@@ -327,32 +338,26 @@ class VCRDObjective:
         weighted = weights * values.to(torch.float32)
         if self.reduction is Reduction.TOKEN_MEAN:
             return StreamOutput(weighted.sum(), num_points, num_points, loss.lam, stats)
-        per_seq = torch.zeros(batch, dtype=weighted.dtype, device=weighted.device).index_add(0, seq_idx, weighted)
-        points = torch.bincount(seq_idx, minlength=batch)
-        counted = points > 0
+        batch = points.shape[0]
+        per_seq = torch.zeros(batch, dtype=weighted.dtype, device=weighted.device).index_add(0, points.batch, weighted)
+        counts = points.counts
+        counted = counts > 0
         if self.reduction is Reduction.SEQUENCE_MEAN:
-            per_seq = per_seq / points.clamp_min(1).to(per_seq.dtype)
+            per_seq = per_seq / counts.clamp_min(1).to(per_seq.dtype)
         total = per_seq[counted].sum()
         return StreamOutput(total, int(counted.sum()), num_points, loss.lam, stats)
 
     def _check_shapes(self, name: str, inputs: StreamInputs) -> None:
-        teacher, student, mask = inputs.teacher_logits, inputs.student_logits, inputs.decision_mask
+        teacher, student, points = inputs.teacher_logits, inputs.student_logits, inputs.decision_points
         where = f"VCRDObjective ({name} stream)"
-        if mask.dim() != 2:
-            raise VcrdError(f"{where}: decision_mask must be [B, L], got shape {tuple(mask.shape)}")
-        if mask.dtype != torch.bool:
-            raise VcrdError(f"{where}: decision_mask must be a bool tensor, got {mask.dtype}")
         for label, logits in (("teacher_logits", teacher), ("student_logits", student)):
-            if logits.dim() != 3 or tuple(logits.shape[:2]) != tuple(mask.shape):
-                raise VcrdError(
-                    f"{where}: {label} must be [B, L, V] with [B, L] = {tuple(mask.shape)} (the decision_mask's), "
-                    f"got shape {tuple(logits.shape)}"
-                )
-        if inputs.weights is not None and tuple(inputs.weights.shape) != tuple(mask.shape):
-            raise VcrdError(
-                f"{where}: weights must be [B, L] = {tuple(mask.shape)} (the decision_mask's) or None, "
-                f"got shape {tuple(inputs.weights.shape)}"
-            )
+            if logits.dim() != 3:
+                raise VcrdError(f"{where}: {label} must be [B, L, V], got shape {tuple(logits.shape)}")
+            points.check_shape(logits, label, where)
+        if inputs.weights is not None:
+            if inputs.weights.dim() != 2:
+                raise VcrdError(f"{where}: weights must be [B, L] or None, got shape {tuple(inputs.weights.shape)}")
+            points.check_shape(inputs.weights, "weights", where)
         v_t, v_s = teacher.shape[-1], student.shape[-1]
         if self.vocab_size is None and v_t != v_s:
             raise VcrdError(
@@ -362,11 +367,6 @@ class VCRDObjective:
         if self.vocab_size is not None and self.vocab_size > min(v_t, v_s):
             raise VcrdError(
                 f"{where}: vocab_size {self.vocab_size} exceeds the logits' vocabulary (teacher {v_t}, student {v_s})"
-            )
-        if mask.shape[1] > 0 and bool(mask[:, 0].any()):
-            raise VcrdError(
-                f"{where}: decision_mask is True at position 0, which has no preceding logits row; "
-                f"build it with vcrd_core.losses.objective.decision_mask(attention_mask, response_mask)"
             )
 
     def _weight_stats(self, name: str, weights: torch.Tensor) -> dict[str, float]:

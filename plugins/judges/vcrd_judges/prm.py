@@ -236,7 +236,7 @@ class _PrmJudge(TokenJudge):
         policy_tok = self.context.tokenizer
         ids = request.input_ids.cpu()
         mask = request.attention_mask.cpu().bool()
-        decision = request.decision_mask.cpu().bool()
+        decision = request.points.mask.cpu()
         proposals = request.proposals.cpu()
         outside = decision & ~mask
         if bool(outside.any()):

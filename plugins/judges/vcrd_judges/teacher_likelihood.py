@@ -117,8 +117,8 @@ class TeacherLikelihoodJudge(Judge):
     def score(self, request: JudgeRequest) -> JudgeScores:
         """Scores at the decision points of ``request`` (either stream), 0 elsewhere.
 
-        Decision point ``t`` reads the teacher logits at row ``t-1`` (SPEC's indexing convention) and
-        the student's greedy token stored at ``t`` in ``request.student_greedy``.
+        Each decision point reads its teacher distribution through ``request.points.logits_at`` and the
+        student's greedy token stored at the point in ``request.student_greedy``.
         """
         logits, greedy = request.teacher_logits, request.student_greedy
         where = f"judge '{self.name}' ({request.stream.value} stream)"
@@ -126,26 +126,25 @@ class TeacherLikelihoodJudge(Judge):
             raise VcrdError(f"{where} needs the teacher logits (JudgeRequest.teacher_logits), got none")
         if greedy is None:
             raise VcrdError(f"{where} needs the student's greedy tokens (JudgeRequest.student_greedy), got none")
-        mask = request.decision_mask.bool()
-        if logits.dim() != 3 or logits.shape[:2] != mask.shape or greedy.shape != mask.shape:
+        points = request.points
+        if logits.dim() != 3 or greedy.dim() != 2:
             raise VcrdError(
-                f"{where}: expected teacher_logits [B, L, V] and student_greedy [B, L] matching decision_mask "
-                f"{tuple(mask.shape)}, got {tuple(logits.shape)} and {tuple(greedy.shape)}"
+                f"{where}: expected teacher_logits [B, L, V] and student_greedy [B, L], "
+                f"got {tuple(logits.shape)} and {tuple(greedy.shape)}"
             )
-        if mask.shape[1] and bool(mask[:, 0].any()):
-            raise VcrdError(f"{where}: position 0 cannot be a decision point (no logits row predicts it)")
+        points.check_shape(logits, "teacher_logits", where)
+        points.check_shape(greedy, "student_greedy", where)
         v_real = self._real_vocab(logits.shape[-1], None)
-        rows, cols = mask.nonzero(as_tuple=True)
-        proposals = greedy[rows, cols].long()
+        proposals = points.gather(greedy).long()
         self._check_ids(proposals, v_real)
-        r_s = torch.zeros(mask.shape, dtype=torch.float32, device=logits.device)
+        r_s = torch.zeros(points.num_points, dtype=torch.float32, device=logits.device)
         r_t = torch.zeros_like(r_s)
-        for start in range(0, rows.shape[0], self.params.chunk_size):
-            b, t = rows[start : start + self.params.chunk_size], cols[start : start + self.params.chunk_size]
-            # Advanced indexing copies only this chunk's rows: never the whole [N, V] selection.
-            s, base = self._score_rows(logits[b, t - 1], proposals[start : start + self.params.chunk_size], v_real)
-            r_s[b, t], r_t[b, t] = s, base
-        return JudgeScores(r_s=r_s, r_t=r_t)
+        for chunk in points.chunks(self.params.chunk_size):
+            # Only this chunk's rows are copied: never the whole [N, V] selection.
+            r_s[chunk], r_t[chunk] = self._score_rows(
+                points.logits_at(logits, chunk.start, chunk.stop), proposals[chunk], v_real
+            )
+        return JudgeScores(r_s=points.scatter(r_s), r_t=points.scatter(r_t))
 
     def _score_rows(
         self, logits: torch.Tensor, proposals: torch.Tensor, v_real: int

@@ -9,6 +9,7 @@ import torch
 
 import vcrd_core
 from tests.fakes import NoParams
+from vcrd_core import DecisionPoints
 from vcrd_core.judging.judge import JudgeRequest, Stream, checked_scores
 
 
@@ -30,7 +31,7 @@ def request(stream: Stream, attention: list[int]) -> JudgeRequest:
         stream=stream,
         input_ids=ids,
         attention_mask=torch.tensor([attention]),
-        decision_mask=torch.tensor([[False, False, False, True, True]]),
+        points=DecisionPoints.from_mask(torch.tensor([[False, False, False, True, True]])),
         proposals=torch.tensor([[0, 0, 0, 9, 8]]),
     )
 

@@ -11,7 +11,7 @@ import torch
 
 import vcrd_core
 from tests.fakes import ForwardKL, ReverseKL
-from vcrd_core import VcrdError
+from vcrd_core import DecisionPoints, VcrdError
 from vcrd_core.losses.objective import (
     ObjectiveOutput,
     Reduction,
@@ -19,10 +19,10 @@ from vcrd_core.losses.objective import (
     StreamLoss,
     VCRDObjective,
     VcrdWeightWarning,
-    decision_mask,
 )
 
 REDUCTIONS = list(Reduction)
+P = DecisionPoints.from_mask
 Ref = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -64,7 +64,7 @@ def make_batch(
     teacher = torch.randn(b, length, vt, generator=g) * 2
     student = (torch.randn(b, length, vs, generator=g) * 2).requires_grad_(True)
     weights = torch.rand(b, length, generator=g) * 3  # attenuation and amplification
-    return Batch(teacher, student, attention, response, decision_mask(attention, response), weights)
+    return Batch(teacher, student, attention, response, DecisionPoints.from_masks(attention, response).mask, weights)
 
 
 def reference_stream(
@@ -107,8 +107,8 @@ def test_objective_equals_float64_reference_in_values_and_gradients(reduction: R
     a, b = make_batch(LENGTHS_A, seed=1), make_batch(LENGTHS_B, seed=2)
     objective = VCRDObjective(StreamLoss(ForwardKL(), 0.7), StreamLoss(ReverseKL(), 1.9), reduction=reduction)
     out = objective(
-        teacher_prefix=StreamInputs(a.teacher, a.student, a.mask, a.weights),
-        student_prefix=StreamInputs(b.teacher, b.student, b.mask, b.weights),
+        teacher_prefix=StreamInputs(a.teacher, a.student, P(a.mask), a.weights),
+        student_prefix=StreamInputs(b.teacher, b.student, P(b.mask), b.weights),
     )
     loss = out.loss()
     loss.backward()
@@ -127,7 +127,7 @@ def test_objective_equals_float64_reference_in_values_and_gradients(reduction: R
 
 def test_counts_and_points_follow_the_reduction() -> None:
     a = make_batch(LENGTHS_A)
-    inputs = StreamInputs(a.teacher, a.student, a.mask, a.weights)
+    inputs = StreamInputs(a.teacher, a.student, P(a.mask), a.weights)
     for reduction, count in ((Reduction.SEQUENCE_MEAN, 3), (Reduction.SEQUENCE_SUM, 3), (Reduction.TOKEN_MEAN, 9)):
         out = VCRDObjective(StreamLoss(ForwardKL()), None, reduction=reduction)(teacher_prefix=inputs)
         assert out.streams["teacher_prefix"].count == count
@@ -139,8 +139,10 @@ def test_a_sequence_without_decision_points_contributes_nothing_and_is_not_count
     keep = [0, 2, 3]
     for reduction in REDUCTIONS:
         objective = VCRDObjective(StreamLoss(ForwardKL()), None, reduction=reduction)
-        full = objective(teacher_prefix=StreamInputs(a.teacher, a.student, a.mask, a.weights))
-        kept = objective(teacher_prefix=StreamInputs(a.teacher[keep], a.student[keep], a.mask[keep], a.weights[keep]))
+        full = objective(teacher_prefix=StreamInputs(a.teacher, a.student, P(a.mask), a.weights))
+        kept = objective(
+            teacher_prefix=StreamInputs(a.teacher[keep], a.student[keep], P(a.mask[keep]), a.weights[keep])
+        )
         torch.testing.assert_close(full.loss(), kept.loss())
         assert full.counts() == kept.counts()
 
@@ -148,8 +150,10 @@ def test_a_sequence_without_decision_points_contributes_nothing_and_is_not_count
 def test_sequence_mean_divides_by_the_number_of_points_not_the_sum_of_weights() -> None:
     a = make_batch(LENGTHS_B, seed=4)
     objective = VCRDObjective(StreamLoss(ForwardKL()), None, reduction="sequence_mean")
-    unweighted = objective(teacher_prefix=StreamInputs(a.teacher, a.student, a.mask, None)).loss()
-    doubled = objective(teacher_prefix=StreamInputs(a.teacher, a.student, a.mask, torch.full_like(a.weights, 2))).loss()
+    unweighted = objective(teacher_prefix=StreamInputs(a.teacher, a.student, P(a.mask), None)).loss()
+    doubled = objective(
+        teacher_prefix=StreamInputs(a.teacher, a.student, P(a.mask), torch.full_like(a.weights, 2))
+    ).loss()
     torch.testing.assert_close(doubled, 2 * unweighted)
 
 
@@ -167,8 +171,8 @@ def test_left_and_right_padding_give_the_same_loss_and_gradients() -> None:
     for reduction in REDUCTIONS:
         objective = VCRDObjective(None, StreamLoss(ReverseKL()), reduction=reduction)
         right.student.grad = left.student.grad = None
-        lr = objective(student_prefix=StreamInputs(right.teacher, right.student, right.mask, right.weights)).loss()
-        ll = objective(student_prefix=StreamInputs(left.teacher, left.student, left.mask, left.weights)).loss()
+        lr = objective(student_prefix=StreamInputs(right.teacher, right.student, P(right.mask), right.weights)).loss()
+        ll = objective(student_prefix=StreamInputs(left.teacher, left.student, P(left.mask), left.weights)).loss()
         lr.backward()
         ll.backward()
         torch.testing.assert_close(ll, lr)
@@ -180,7 +184,7 @@ def test_left_and_right_padding_give_the_same_loss_and_gradients() -> None:
 def test_padded_vocabularies_use_only_the_real_columns() -> None:
     a = make_batch(LENGTHS_A, vt=13, vs=12, seed=7)
     objective = VCRDObjective(StreamLoss(ForwardKL()), None, reduction="token_mean", vocab_size=10)
-    loss = objective(teacher_prefix=StreamInputs(a.teacher, a.student, a.mask, a.weights)).loss()
+    loss = objective(teacher_prefix=StreamInputs(a.teacher, a.student, P(a.mask), a.weights)).loss()
     loss.backward()
     a64 = a.student.detach().double().requires_grad_(True)
     expected = reference_stream(ref_fkl, a.teacher, a64, a.mask, a.weights, Reduction.TOKEN_MEAN, 10)
@@ -192,14 +196,14 @@ def test_padded_vocabularies_use_only_the_real_columns() -> None:
     with torch.no_grad():  # whatever sits in the padded columns does not matter
         a.teacher[..., 10:] = 1e4
         a.student[..., 10:] = -1e4
-    again = objective(teacher_prefix=StreamInputs(a.teacher, a.student, a.mask, a.weights)).loss()
+    again = objective(teacher_prefix=StreamInputs(a.teacher, a.student, P(a.mask), a.weights)).loss()
     torch.testing.assert_close(again, loss)
 
 
 def test_temperature_scales_both_distributions() -> None:
     a = make_batch(LENGTHS_B, seed=8)
     objective = VCRDObjective(StreamLoss(ForwardKL()), None, temperature=2.0)
-    loss = objective(teacher_prefix=StreamInputs(a.teacher, a.student, a.mask, a.weights)).loss()
+    loss = objective(teacher_prefix=StreamInputs(a.teacher, a.student, P(a.mask), a.weights)).loss()
     a64 = a.student.detach().double()
     expected = reference_stream(ref_fkl, a.teacher, a64, a.mask, a.weights, Reduction.SEQUENCE_MEAN, 11, 2.0)
     torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=1e-6)
@@ -211,7 +215,7 @@ def test_small_chunks_give_the_same_loss_and_gradients() -> None:
     for chunk in (None, 2):
         a.student.grad = None
         objective = VCRDObjective(StreamLoss(ForwardKL()), None, chunk_size=chunk)
-        loss = objective(teacher_prefix=StreamInputs(a.teacher, a.student, a.mask, a.weights)).loss()
+        loss = objective(teacher_prefix=StreamInputs(a.teacher, a.student, P(a.mask), a.weights)).loss()
         loss.backward()
         results.append((loss.detach(), a.student.grad.clone()))
     torch.testing.assert_close(results[0], results[1])
@@ -226,8 +230,8 @@ def test_gradient_accumulation_with_global_counts_equals_the_full_batch(reductio
 
     def run(part: slice) -> ObjectiveOutput:
         return objective(
-            teacher_prefix=StreamInputs(a.teacher[part], a.student[part], a.mask[part], a.weights[part]),
-            student_prefix=StreamInputs(b.teacher[part], b.student[part], b.mask[part], b.weights[part]),
+            teacher_prefix=StreamInputs(a.teacher[part], a.student[part], P(a.mask[part]), a.weights[part]),
+            student_prefix=StreamInputs(b.teacher[part], b.student[part], P(b.mask[part]), b.weights[part]),
         )
 
     full = run(slice(None))
@@ -254,7 +258,7 @@ def test_gradient_accumulation_with_global_counts_equals_the_full_batch(reductio
 def test_global_counts_may_be_tensors() -> None:
     a = make_batch(LENGTHS_A, seed=12)
     out = VCRDObjective(StreamLoss(ForwardKL()), None)(
-        teacher_prefix=StreamInputs(a.teacher, a.student, a.mask, a.weights)
+        teacher_prefix=StreamInputs(a.teacher, a.student, P(a.mask), a.weights)
     )
     s = out.streams["teacher_prefix"]
     torch.testing.assert_close(out.loss(counts={"teacher_prefix": torch.tensor(6)}), s.loss_sum / 6)
@@ -265,12 +269,12 @@ def test_a_stream_with_a_zero_count_adds_zero_and_backward_still_works() -> None
     b = make_batch(LENGTHS_B, seed=14)
     objective = VCRDObjective(StreamLoss(ForwardKL()), StreamLoss(ReverseKL()))
     out = objective(
-        teacher_prefix=StreamInputs(a.teacher, a.student, a.mask, a.weights),
-        student_prefix=StreamInputs(b.teacher, b.student, b.mask, b.weights),
+        teacher_prefix=StreamInputs(a.teacher, a.student, P(a.mask), a.weights),
+        student_prefix=StreamInputs(b.teacher, b.student, P(b.mask), b.weights),
     )
     assert out.counts() == {"teacher_prefix": 0, "student_prefix": 3}
     only_b = VCRDObjective(None, StreamLoss(ReverseKL()))(
-        student_prefix=StreamInputs(b.teacher, b.student, b.mask, b.weights)
+        student_prefix=StreamInputs(b.teacher, b.student, P(b.mask), b.weights)
     )
     loss = out.loss()
     torch.testing.assert_close(loss, only_b.loss())
@@ -283,7 +287,9 @@ def test_weights_and_teacher_logits_never_get_gradient() -> None:
     a = make_batch(LENGTHS_A, seed=15)
     weights = a.weights.clone().requires_grad_(True)
     teacher = a.teacher.clone().requires_grad_(True)
-    out = VCRDObjective(StreamLoss(ForwardKL()), None)(teacher_prefix=StreamInputs(teacher, a.student, a.mask, weights))
+    out = VCRDObjective(StreamLoss(ForwardKL()), None)(
+        teacher_prefix=StreamInputs(teacher, a.student, P(a.mask), weights)
+    )
     out.loss().backward()
     assert weights.grad is None
     assert teacher.grad is None
@@ -294,7 +300,7 @@ def test_weight_statistics_match_float64_quantiles_at_decision_points() -> None:
     a = make_batch(LENGTHS_A, seed=16)
     a.weights[tuple(a.mask.nonzero()[0].tolist())] = 1.0  # one exact parity point
     out = VCRDObjective(StreamLoss(ForwardKL()), None)(
-        teacher_prefix=StreamInputs(a.teacher, a.student, a.mask, a.weights)
+        teacher_prefix=StreamInputs(a.teacher, a.student, P(a.mask), a.weights)
     )
     w = a.weights[a.mask].double()
     stats = out.streams["teacher_prefix"].weight_stats
@@ -313,8 +319,8 @@ def test_weight_statistics_match_float64_quantiles_at_decision_points() -> None:
 def test_metrics_are_a_flat_dict_of_floats_per_stream() -> None:
     a, b = make_batch(LENGTHS_A, seed=17), make_batch(LENGTHS_B, seed=18)
     out = VCRDObjective(StreamLoss(ForwardKL(), 0.5), StreamLoss(ReverseKL()))(
-        teacher_prefix=StreamInputs(a.teacher, a.student, a.mask, a.weights),
-        student_prefix=StreamInputs(b.teacher, b.student, b.mask, None),
+        teacher_prefix=StreamInputs(a.teacher, a.student, P(a.mask), a.weights),
+        student_prefix=StreamInputs(b.teacher, b.student, P(b.mask), None),
     )
     metrics = out.metrics()
     assert all(isinstance(v, float) for v in metrics.values())
@@ -333,7 +339,7 @@ def test_a_weight_above_weight_warn_max_warns() -> None:
     a.weights[first] = 1e8  # the ratio rule with r_t -> 0
     objective = VCRDObjective(StreamLoss(ForwardKL()), None, weight_warn_max=100.0)
     with pytest.warns(VcrdWeightWarning, match=r"teacher_prefix stream: 1 of 7 weights exceed weight_warn_max=100"):
-        objective(teacher_prefix=StreamInputs(a.teacher, a.student, a.mask, a.weights))
+        objective(teacher_prefix=StreamInputs(a.teacher, a.student, P(a.mask), a.weights))
 
 
 @pytest.mark.parametrize("warn_max", [None, 1e9])
@@ -343,29 +349,7 @@ def test_no_warning_at_or_below_weight_warn_max(warn_max: float | None) -> None:
     objective = VCRDObjective(StreamLoss(ForwardKL()), None, weight_warn_max=warn_max)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        objective(teacher_prefix=StreamInputs(a.teacher, a.student, a.mask, a.weights))
-
-
-def test_decision_mask_selects_response_tokens_that_are_not_padding() -> None:
-    attention = torch.tensor([[1, 1, 1, 1, 0], [0, 1, 1, 1, 1], [1, 1, 0, 0, 0]])
-    response = torch.tensor([[0, 0, 1, 1, 1], [0, 0, 1, 1, 1], [1, 0, 0, 0, 0]])
-    expected = torch.tensor(
-        [[False, False, True, True, False], [False, False, True, True, True], [False, False, False, False, False]]
-    )
-    assert torch.equal(decision_mask(attention, response), expected)
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        ({"reduction": "mean"}, r"unknown reduction 'mean'; valid: sequence_mean, sequence_sum, token_mean"),
-        ({"temperature": 0.0}, r"temperature must be a finite number > 0"),
-        ({"weight_warn_max": 0}, r"weight_warn_max must be > 0 or None"),
-    ],
-)
-def test_invalid_objective_settings_are_refused(kwargs: dict, message: str) -> None:
-    with pytest.raises(VcrdError, match=message):
-        VCRDObjective(StreamLoss(ForwardKL()), None, **kwargs)
+        objective(teacher_prefix=StreamInputs(a.teacher, a.student, P(a.mask), a.weights))
 
 
 def test_a_negative_lambda_is_refused() -> None:
@@ -380,7 +364,7 @@ def test_an_objective_without_streams_is_refused() -> None:
 
 def test_missing_or_unexpected_stream_inputs_are_refused() -> None:
     a = make_batch(LENGTHS_B)
-    inputs = StreamInputs(a.teacher, a.student, a.mask, a.weights)
+    inputs = StreamInputs(a.teacher, a.student, P(a.mask), a.weights)
     objective = VCRDObjective(StreamLoss(ForwardKL()), None)
     with pytest.raises(VcrdError, match="the teacher_prefix stream is configured but its StreamInputs are missing"):
         objective(student_prefix=inputs)
@@ -391,15 +375,17 @@ def test_missing_or_unexpected_stream_inputs_are_refused() -> None:
 def test_different_vocabularies_without_vocab_size_are_refused() -> None:
     a = make_batch(LENGTHS_B, vt=12, vs=11)
     with pytest.raises(VcrdError, match=r"teacher vocabulary 12 != student vocabulary 11; pass vocab_size"):
-        VCRDObjective(StreamLoss(ForwardKL()), None)(teacher_prefix=StreamInputs(a.teacher, a.student, a.mask))
+        VCRDObjective(StreamLoss(ForwardKL()), None)(teacher_prefix=StreamInputs(a.teacher, a.student, P(a.mask)))
 
 
-def test_a_decision_point_at_position_zero_is_refused() -> None:
+def test_stream_inputs_take_decision_points_or_labels_exactly_once() -> None:
     a = make_batch(LENGTHS_B)
-    mask = a.mask.clone()
-    mask[0, 0] = True
-    with pytest.raises(VcrdError, match="decision_mask is True at position 0"):
-        VCRDObjective(StreamLoss(ForwardKL()), None)(teacher_prefix=StreamInputs(a.teacher, a.student, mask))
+    with pytest.raises(VcrdError, match="pass exactly one of points"):
+        StreamInputs(a.teacher, a.student)
+    with pytest.raises(VcrdError, match="pass exactly one of points"):
+        StreamInputs(a.teacher, a.student, P(a.mask), labels=torch.zeros(3, 7, dtype=torch.long))
+    with pytest.raises(VcrdError, match=r"points must be a vcrd_core\.DecisionPoints"):
+        StreamInputs(a.teacher, a.student, a.mask)
 
 
 def test_negative_or_nan_weights_at_decision_points_are_refused() -> None:
@@ -409,7 +395,7 @@ def test_negative_or_nan_weights_at_decision_points_are_refused() -> None:
         weights = a.weights.clone()
         weights[tuple(a.mask.nonzero()[0].tolist())] = bad
         with pytest.raises(VcrdError, match="weights at decision points must be finite and >= 0"):
-            objective(teacher_prefix=StreamInputs(a.teacher, a.student, a.mask, weights))
+            objective(teacher_prefix=StreamInputs(a.teacher, a.student, P(a.mask), weights))
 
 
 def test_invalid_weights_outside_decision_points_are_ignored() -> None:
@@ -417,20 +403,20 @@ def test_invalid_weights_outside_decision_points_are_ignored() -> None:
     weights = a.weights.clone()
     weights[~a.mask] = float("nan")
     objective = VCRDObjective(StreamLoss(ForwardKL()), None)
-    clean = objective(teacher_prefix=StreamInputs(a.teacher, a.student, a.mask, a.weights)).loss()
-    dirty = objective(teacher_prefix=StreamInputs(a.teacher, a.student, a.mask, weights)).loss()
+    clean = objective(teacher_prefix=StreamInputs(a.teacher, a.student, P(a.mask), a.weights)).loss()
+    dirty = objective(teacher_prefix=StreamInputs(a.teacher, a.student, P(a.mask), weights)).loss()
     torch.testing.assert_close(dirty, clean)
 
 
 def test_shape_mismatches_name_the_tensor_and_the_expected_shape() -> None:
     a = make_batch(LENGTHS_B)
     objective = VCRDObjective(StreamLoss(ForwardKL()), None)
-    with pytest.raises(VcrdError, match=r"student_logits must be \[B, L, V\] with \[B, L\] = \(3, 7\)"):
-        objective(teacher_prefix=StreamInputs(a.teacher, a.student[:, :-1], a.mask))
-    with pytest.raises(VcrdError, match=r"weights must be \[B, L\] = \(3, 7\)"):
-        objective(teacher_prefix=StreamInputs(a.teacher, a.student, a.mask, a.weights[:2]))
-    with pytest.raises(VcrdError, match="decision_mask must be a bool tensor"):
-        objective(teacher_prefix=StreamInputs(a.teacher, a.student, a.mask.long()))
+    with pytest.raises(VcrdError, match=r"student_logits has shape \(3, 6, 11\), but .* \[B, L\] = \[3, 7\]"):
+        objective(teacher_prefix=StreamInputs(a.teacher, a.student[:, :-1], P(a.mask)))
+    with pytest.raises(VcrdError, match=r"weights has shape \(2, 7\), but .* \[B, L\] = \[3, 7\]"):
+        objective(teacher_prefix=StreamInputs(a.teacher, a.student, P(a.mask), a.weights[:2]))
+    with pytest.raises(VcrdError, match=r"student_logits must be \[B, L, V\], got shape \(3, 7\)"):
+        objective(teacher_prefix=StreamInputs(a.teacher, a.student[..., 0], P(a.mask)))
 
 
 def test_real_skl_and_srkl_streams_equal_the_float64_reference_of_eq_2_to_4() -> None:
@@ -449,8 +435,8 @@ def test_real_skl_and_srkl_streams_equal_the_float64_reference_of_eq_2_to_4() ->
     a, b = make_batch(LENGTHS_A, vt=13, vs=12, seed=21), make_batch(LENGTHS_B, vt=13, vs=12, seed=22)
     objective = VCRDObjective(StreamLoss(skl, 1.0), StreamLoss(srkl, 0.3), vocab_size=10, chunk_size=3)
     loss = objective(
-        teacher_prefix=StreamInputs(a.teacher, a.student, a.mask, a.weights),
-        student_prefix=StreamInputs(b.teacher, b.student, b.mask, b.weights),
+        teacher_prefix=StreamInputs(a.teacher, a.student, P(a.mask), a.weights),
+        student_prefix=StreamInputs(b.teacher, b.student, P(b.mask), b.weights),
     ).loss()
     loss.backward()
     a64 = a.student.detach().double().requires_grad_(True)
@@ -462,12 +448,3 @@ def test_real_skl_and_srkl_streams_equal_the_float64_reference_of_eq_2_to_4() ->
     torch.testing.assert_close(loss.double(), expected.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(a.student.grad.double(), a64.grad, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(b.student.grad.double(), b64.grad, rtol=1e-4, atol=1e-6)
-
-
-def test_decision_point_after_mid_sequence_padding_is_refused() -> None:
-    # a right-padded prompt concatenated with its response: [P P pad | R R]
-    attention = torch.tensor([[1, 1, 0, 1, 1]])
-    response = torch.tensor([[0, 0, 0, 1, 1]])
-    with pytest.raises(VcrdError, match=r"decision point \(row 0, position 3\) follows padding at position 2"):
-        decision_mask(attention, response)
-    assert decision_mask(torch.tensor([[0, 1, 1, 1, 1]]), response).tolist() == [[False, False, False, True, True]]

@@ -17,7 +17,7 @@ from vcrd_arithmetic import grammar as A
 from vcrd_arithmetic.char_tokenizer import build_char_tokenizer
 
 import vcrd_core
-from vcrd_core import ConfigError, JudgeContext, JudgeRequest, Stream, VcrdError
+from vcrd_core import ConfigError, DecisionPoints, JudgeContext, JudgeRequest, Stream, VcrdError
 from vcrd_core.judging.judge import checked_scores
 
 VALID, INVALID = 0.9, 0.1
@@ -266,8 +266,12 @@ def test_score_maps_the_streams_to_student_and_teacher_roles() -> None:
     decision = mask.bool().clone()
     decision[0, :7] = False
     judge = make_oracle()
-    teacher = checked_scores(judge, JudgeRequest(Stream.TEACHER_PREFIX, ids, mask, decision, proposals=proposals))
-    student = checked_scores(judge, JudgeRequest(Stream.STUDENT_PREFIX, ids, mask, decision, proposals=proposals))
+    teacher = checked_scores(
+        judge, JudgeRequest(Stream.TEACHER_PREFIX, ids, mask, DecisionPoints.from_mask(decision), proposals=proposals)
+    )
+    student = checked_scores(
+        judge, JudgeRequest(Stream.STUDENT_PREFIX, ids, mask, DecisionPoints.from_mask(decision), proposals=proposals)
+    )
     # teacher prefix: the rollout is the teacher's (r_t), the proposal the student's (r_s)
     assert teacher.r_t[0, 7:].tolist() == pytest.approx([VALID] * 7)
     assert teacher.r_s[0, 7:].tolist() == pytest.approx([INVALID] * 7)

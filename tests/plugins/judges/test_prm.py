@@ -17,7 +17,7 @@ from transformers import Qwen2ForCausalLM, Qwen2Model, Qwen2Tokenizer
 
 import vcrd_core
 from tests.tiny_models import tiny_qwen2_config
-from vcrd_core import ConfigError, JudgeContext, JudgeRequest, Stream, VcrdError
+from vcrd_core import ConfigError, DecisionPoints, JudgeContext, JudgeRequest, Stream, VcrdError
 from vcrd_core.judging.judge import checked_scores
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -273,7 +273,7 @@ def policy_request(stream: Stream) -> tuple[JudgeRequest, list[str], list[list[i
         stream=stream,
         input_ids=ids_t,
         attention_mask=torch.tensor(mask),
-        decision_mask=torch.tensor(decision, dtype=torch.bool),
+        points=DecisionPoints.from_mask(torch.tensor(decision, dtype=torch.bool)),
         proposals=proposals,
         prompt_lengths=torch.tensor([len(p) for p in p_ids]),
     )
@@ -289,7 +289,7 @@ def test_score_renders_the_skywork_prompt_and_maps_scores_to_policy_positions(ch
     newline = jt.encode("\n", add_special_tokens=False)
     bos = [jt.bos_token_id]
     ref = references["value_head"]
-    decision = request.decision_mask
+    decision = request.points.mask
     for b, (prompt, response) in enumerate(zip(prompts, r_ids, strict=True)):
         judge_prompt = bos + jt.encode(prompt + "\n", add_special_tokens=False)  # Skywork: bos + problem + "\n"
         cols = decision[b].nonzero().squeeze(-1).tolist()
@@ -338,7 +338,7 @@ def test_classifier_score_reads_after_extra_0_by_default(checkpoints, references
     jt = judge.tokenizer
     judge_prompt = jt.encode(judge.render_prompt(prompts[1]), add_special_tokens=False)
     extra = jt.convert_tokens_to_ids(EXTRA)
-    col = int(request.decision_mask[1].nonzero()[0])
+    col = int(request.points.mask[1].nonzero()[0])
     expected = references["classifier"]([*judge_prompt, r_ids[1][0], extra])
     assert abs(float(scores.r_s[1, col]) - expected) <= 1e-5
 
@@ -398,7 +398,7 @@ def test_nan_scores_from_the_model_are_refused_before_they_become_weights(tmp_pa
     path = write_checkpoint(tmp_path / "nan", "classifier", nan=True)
     judge = load_judge("prm_classifier", path)
     request, _, _ = policy_request(Stream.TEACHER_PREFIX)
-    assert bool(torch.isnan(judge.score(request).r_s[request.decision_mask]).all())
+    assert bool(torch.isnan(judge.score(request).r_s[request.points.mask]).all())
     with pytest.raises(VcrdError, match=r"returned NaN r_s scores .* refusing to turn them into weights"):
         checked_scores(judge, request)
 
@@ -436,8 +436,9 @@ def test_bad_params_are_config_errors_at_creation(params: dict, message: str):
 def test_decision_points_on_prompt_tokens_are_refused(checkpoints):
     judge = load_judge("prm_value_head", checkpoints["value_head-single"])
     request, _, _ = policy_request(Stream.TEACHER_PREFIX)
-    request.decision_mask = request.decision_mask.clone()
-    request.decision_mask[0, 1] = True  # a prompt token of row 0
+    mask = request.points.mask.clone()
+    mask[0, 1] = True  # a prompt token of row 0
+    request.points = DecisionPoints.from_mask(mask)
     with pytest.raises(VcrdError, match="decision point at prompt position 1 of row 0"):
         judge.score(request)
 

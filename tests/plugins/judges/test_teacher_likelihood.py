@@ -10,7 +10,7 @@ import torch
 from vcrd_judges.teacher_likelihood import TeacherLikelihoodJudge
 
 import vcrd_core
-from vcrd_core import ConfigError, JudgeContext, JudgeRequest, Need, Stream, VcrdError
+from vcrd_core import ConfigError, DecisionPoints, JudgeContext, JudgeRequest, Need, Stream, VcrdError
 
 
 def make_judge(vocab_size: int | None = None, **params: object) -> TeacherLikelihoodJudge:
@@ -185,7 +185,7 @@ def request_for(
         stream=stream,
         input_ids=torch.zeros(decision.shape, dtype=torch.long),
         attention_mask=torch.ones(decision.shape, dtype=torch.long),
-        decision_mask=decision,
+        points=DecisionPoints.from_mask(decision),
         teacher_logits=logits,
         student_greedy=greedy,
         **extra,
@@ -267,12 +267,6 @@ def test_greedy_token_outside_the_real_vocabulary_is_refused() -> None:
 def test_logits_narrower_than_the_tokenizer_vocabulary_are_refused() -> None:
     with pytest.raises(VcrdError, match=r"tokenizer has 20 ids but the teacher logits have 16 columns"):
         make_judge(vocab_size=20).score_from_logits(torch.zeros(2, 16), torch.zeros(2, dtype=torch.long))
-
-
-def test_position_zero_as_decision_point_is_refused() -> None:
-    decision = torch.tensor([[True, True]])
-    with pytest.raises(VcrdError, match=r"position 0 cannot be a decision point"):
-        make_judge().score(request_for(Stream.TEACHER_PREFIX, torch.zeros(1, 2, 4), torch.zeros(1, 2).long(), decision))
 
 
 def test_mismatched_shapes_are_refused_in_one_line() -> None:
