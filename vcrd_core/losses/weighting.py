@@ -2,7 +2,7 @@
 
 A plugin implements :meth:`WeightingRule.weight`; calling the rule goes through
 :meth:`WeightingRule.__call__`, which guarantees: no gradient, non-negative weights, and
-``w = 1`` exactly where both proposals are the same token.
+the rule's :meth:`~WeightingRule.parity_weight` where both proposals are the same token.
 """
 
 from __future__ import annotations
@@ -40,12 +40,12 @@ class WeightingRule(Component):
     def parity_weight(self, r: torch.Tensor) -> torch.Tensor:
         """The weight where both proposals are the same token (the judge scored it ``r`` for both).
 
-        Default ``1``: parity by definition (SPEC "Weights"), where the formula ``r / (r + ε)`` would
-        drift from 1 for tiny ``r``. Rules whose formula means something else at ``r_s = r_t``
-        (``difference``, ``student_only``, ``constant``, ``clamp``) return their own exact value, so
-        that the rule a config names is the rule that runs.
+        Default: the rule's own formula at ``r_s = r_t = r``, so that the rule a config names is the
+        rule that runs everywhere. ``ratio`` overrides it with exactly ``1`` (parity by definition,
+        where ``r / (r + ε)`` would drift below 1 for tiny ``r``); rules wrapping another rule
+        (``clamp``, ``log_clamp``) apply themselves to the inner rule's parity weight.
         """
-        return torch.ones_like(r)
+        return self.weight(r, r)
 
     def __call__(
         self,
@@ -60,9 +60,9 @@ class WeightingRule(Component):
         * computed by :meth:`weight` under ``torch.no_grad()`` on detached float32 copies, and
           returned detached (float32, the scores' shape and device);
         * where ``same_token`` is True (both proposals are the same token) the weight is the rule's
-          :meth:`parity_weight` of ``r_s``: exactly ``1`` for ``ratio`` (parity by definition, whereas
-          :math:`r / (r + \\varepsilon)` drifts from 1 when ``r`` is tiny) and the rule's own exact value
-          for rules that mean something else there;
+          :meth:`parity_weight` of ``r_s``: by default the rule's own formula at ``r_s = r_t``; exactly
+          ``1`` for ``ratio`` (parity by definition, whereas :math:`r / (r + \\varepsilon)` drifts from 1
+          when ``r`` is tiny);
         * every weight is finite and ``>= 0`` (VCRD never reverses the direction of supervision):
           a rule returning a negative, NaN or infinite weight raises :class:`VcrdError` naming the
           rule and how many weights were wrong.

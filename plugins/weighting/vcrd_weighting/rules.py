@@ -2,8 +2,9 @@
 
 Each rule maps the judge's scores of the student's proposal ``r_s`` and of the teacher's proposal
 ``r_t`` (both in ``[0, 1]``, at the same prefix) to a per-decision-point weight ``w >= 0``.
-The core (:meth:`vcrd_core.WeightingRule.__call__`) detaches, sets ``w = 1`` where both proposals
-are the same token and refuses negative or NaN weights; these classes state only their formula.
+The core (:meth:`vcrd_core.WeightingRule.__call__`) detaches, applies the rule's ``parity_weight``
+where both proposals are the same token (its own formula at ``r_s = r_t``; exactly 1 for ``ratio``)
+and refuses negative or NaN weights; these classes state only their formula.
 Only the public ``vcrd_core`` API is used, as a third-party plugin would.
 """
 
@@ -45,6 +46,11 @@ class Ratio(vcrd_core.WeightingRule):
     def weight(self, r_student: torch.Tensor, r_teacher: torch.Tensor) -> torch.Tensor:
         return r_student / (r_teacher + self.params.eps)
 
+    def parity_weight(self, r: torch.Tensor) -> torch.Tensor:
+        """Exactly 1 where both proposals are the same token: parity by definition, where the formula
+        ``r / (r + eps)`` would drift below 1 for tiny ``r``."""
+        return torch.ones_like(r)
+
     def may_be_nonpositive(self) -> bool:
         # Zero only in the degenerate r_s = 0 case (which log_clamp maps to lo).
         return False
@@ -75,9 +81,6 @@ class Difference(vcrd_core.WeightingRule):
     def may_be_nonpositive(self) -> bool:
         return self.params.floor <= 0 and self.params.offset <= 1
 
-    def parity_weight(self, r: torch.Tensor) -> torch.Tensor:
-        return torch.full_like(r, max(self.params.offset, self.params.floor))  # r_s - r_t = 0 exactly
-
 
 class StudentOnly(vcrd_core.WeightingRule):
     """The student-score rule w = r_s (Table 10, LV-Joint-rs): the teacher's score is ignored."""
@@ -91,9 +94,6 @@ class StudentOnly(vcrd_core.WeightingRule):
 
     def weight(self, r_student: torch.Tensor, r_teacher: torch.Tensor) -> torch.Tensor:
         return r_student.clone()
-
-    def parity_weight(self, r: torch.Tensor) -> torch.Tensor:
-        return r.clone()
 
     def may_be_nonpositive(self) -> bool:
         # Zero only in the degenerate r_s = 0 case.
@@ -119,9 +119,6 @@ class Constant(vcrd_core.WeightingRule):
 
     def uses_scores(self) -> bool:
         return False
-
-    def parity_weight(self, r: torch.Tensor) -> torch.Tensor:
-        return torch.full_like(r, self.params.c)
 
 
 class Clamp(vcrd_core.WeightingRule):

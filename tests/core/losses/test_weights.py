@@ -68,20 +68,53 @@ def test_weight_runs_without_grad_on_detached_float32_copies() -> None:
     torch.testing.assert_close(w, (r_s.detach() * 2).float())
 
 
-def test_weight_is_exactly_one_where_both_proposals_are_the_same_token() -> None:
+class ParityOneRatio(PlainRatio):
+    """A ratio rule that pins parity, as the built-in ``ratio`` does."""
+
+    name: ClassVar[str] = "test_parity_one_ratio"
+
+    def parity_weight(self, r: torch.Tensor) -> torch.Tensor:
+        return torch.ones_like(r)
+
+
+class StudentScore(vcrd_core.WeightingRule):
+    """w = r_s, a third-party rule that states no parity_weight."""
+
+    name: ClassVar[str] = "test_student_score"
+    Params = NoParams
+
+    def weight(self, r_student: torch.Tensor, r_teacher: torch.Tensor) -> torch.Tensor:
+        return r_student.clone()
+
+
+def test_a_rule_without_parity_weight_keeps_its_own_formula_at_same_token_points() -> None:
+    r = torch.tensor([1e-9, 0.3, 0.8, 0.0])
+    same = torch.ones(4, dtype=torch.bool)
+    assert StudentScore()(r, r.clone(), same_token=same).tolist() == pytest.approx(r.tolist())  # not 1
+    # r / (r + eps) at r_s = r_t: the formula, drifting from 1 where r is tiny (1e-9 / (1e-9 + 1e-8) = 0.0909...)
+    w = PlainRatio()(r, r.clone(), same_token=same)
+    expected = (r.double() / (r.double() + 1e-8)).tolist()
+    assert w.tolist() == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_rule_that_pins_parity_gives_exactly_one_where_both_proposals_are_the_same_token() -> None:
     # r / (r + eps) drifts from 1 when r is tiny: 1e-9 / (1e-9 + 1e-8) = 0.0909...
     r = torch.tensor([1e-9, 1e-9, 1e-4, 1e-4, 0.0])
     same = torch.tensor([True, False, True, False, True])
-    w = PlainRatio()(r, r.clone(), same_token=same)
+    w = ParityOneRatio()(r, r.clone(), same_token=same)
     assert w[same].tolist() == [1.0, 1.0, 1.0]
     assert w[1].item() == pytest.approx(1e-9 / (1e-9 + 1e-8), rel=1e-5)
     assert w[3].item() < 1.0
     assert w[3].item() == pytest.approx(1e-4 / (1e-4 + 1e-8), rel=1e-6)
 
 
-def test_same_token_replaces_an_invalid_weight_at_that_position() -> None:
+def test_the_parity_weight_replaces_an_invalid_weight_at_that_position() -> None:
+    class ParityOne(Returns):
+        def parity_weight(self, r: torch.Tensor) -> torch.Tensor:
+            return torch.ones_like(r)
+
     r_s, r_t = scores(3)
-    w = Returns(torch.tensor([float("nan"), 0.5, -1.0]))(r_s, r_t, same_token=torch.tensor([True, False, True]))
+    w = ParityOne(torch.tensor([float("nan"), 0.5, -1.0]))(r_s, r_t, same_token=torch.tensor([True, False, True]))
     assert w.tolist() == [1.0, 0.5, 1.0]
 
 
