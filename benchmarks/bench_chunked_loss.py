@@ -5,7 +5,7 @@ Variants (each measured in its own subprocess so that peak RSS is its own):
 * ``full``: the straightforward version: log-softmax of both ``[N, V]`` logits and the divergence
   under autograd; every intermediate lives until backward.
 * ``loop``: a plain row-chunk loop under autograd; it saves nothing, since every chunk's
-  intermediates are kept for backward (SPEC decision 5).
+  intermediates are kept for backward (DESIGN.md §2.5).
 * ``engine``: :func:`vcrd_core.losses.chunked.chunked_divergence`, the custom autograd.Function that
   computes each chunk's gradient in forward and frees the chunk.
 

@@ -1,6 +1,6 @@
 """Validity statistics of scored rollouts: how often VCRD attenuates, keeps parity or amplifies.
 
-At every decision point the validity ratio is (SPEC "Weights", paper §3.2 below Eq. 8)
+At every decision point the validity ratio is (DESIGN.md §1.3, paper §3.2 below Eq. 8)
 
 .. math::
 
@@ -33,7 +33,7 @@ from vcrd_core.decision_points import Stream
 from vcrd_core.errors import VcrdError
 from vcrd_core.judging.score_records import ScoreRecord
 
-#: ``ε`` of the ratio (SPEC "Weights").
+#: ``ε`` of the ratio (DESIGN.md §1.3).
 EPS: float = 1e-8
 DEFAULT_PARITY_TOL: float = 0.05
 #: Quantiles of the ratio reported per stream.

@@ -3,7 +3,7 @@
 A process reward model reads ``r(c, a)`` from its hidden state at the token ``a`` appended to the prefix
 ``c = y_{<t}`` (or at the last token of a ``branch_suffix`` appended after ``a``). Scoring every decision
 point of a sequence one prefix at a time costs ``O(T)`` forward passes of up to ``T`` tokens each. The tree
-trick (SPEC decision 4) appends, after the sequence ``y``, one short *branch* per selected position ``t``:
+trick (DESIGN.md §2.4) appends, after the sequence ``y``, one short *branch* per selected position ``t``:
 
 * ``(alt_t, *suffix)`` — the alternative proposal, at the logical positions ``pos(t), pos(t)+1, ...``;
 * ``(*suffix)`` after the actual token, when a suffix is given — it continues ``y_{\\le t}`` at

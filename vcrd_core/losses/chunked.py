@@ -1,6 +1,6 @@
 """Memory-bounded divergence over the vocabulary: values and student gradients, one row chunk at a time.
 
-Why a custom :class:`torch.autograd.Function` (SPEC decision 5): a row-chunk loop under plain autograd
+Why a custom :class:`torch.autograd.Function` (DESIGN.md §2.5): a row-chunk loop under plain autograd
 keeps every chunk's log-softmax and mixture tensors alive until ``backward`` and therefore saves
 nothing. Here the forward pass computes, for each chunk of rows, the values *and* the gradient of
 their sum with respect to the chunk's student logits (rows are independent, so that gradient is each
@@ -11,7 +11,7 @@ incoming ``∂L/∂D_n`` (the chain rule ``∂L/∂z_n = (∂L/∂D_n) ∂D_n/�
 distillation losses do.
 
 For one decision point with teacher logits ``u`` and student logits ``z`` (columns ``[:V]`` of the
-tokenizer's real vocabulary, SPEC decision 6) and temperature ``τ``:
+tokenizer's real vocabulary, DESIGN.md §2.6) and temperature ``τ``:
 
     log p = log_softmax(u / τ),   log q = log_softmax(z / τ),   D_n = divergence.value(log p, log q)
 
@@ -234,7 +234,7 @@ def chunked_divergence(
         rows: optional 1-D int64 flat indices into the leading dims (the decision points), unique;
             default: every row, in order.
         vocab_size: the tokenizer's real vocabulary; only columns ``[:vocab_size]`` are used. Required
-            when ``Vt != Vs`` (padded lm_heads, SPEC decision 6).
+            when ``Vt != Vs`` (padded lm_heads, DESIGN.md §2.6).
         temperature: ``τ > 0``; both distributions are ``softmax(logits / τ)``.
         chunk_size: rows per chunk; default :func:`default_chunk_size` (a ~128 MiB float32 block).
 

@@ -14,7 +14,7 @@ from vcrd_core.plugins.component import Component
 
 
 class WeightingRule(Component):
-    """Base of weighting rules ``w = f(r_s, r_t)`` (SPEC "Weighting rules").
+    """Base of weighting rules ``w = f(r_s, r_t)`` (DESIGN.md §1.3).
 
     The paper's rule (Eq. 1) is :math:`w_t = r(c_{t-1}, a^S_t) / (r(c_{t-1}, a^T_t) + \\varepsilon)`:
     ``r_s`` scores the student's proposal and ``r_t`` the teacher's, both at the same prefix, so a

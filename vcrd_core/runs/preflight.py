@@ -1,7 +1,7 @@
-"""Run-time checks at the start of a run, before any model weight is loaded (SPEC decision 2).
+"""Run-time checks at the start of a run, before any model weight is loaded (DESIGN.md §2.2).
 
 ``vcrd config validate`` is static; these checks touch the paths a config names: model directories,
-the tokenizer (teacher and student must share one: SPEC decision 6), prompt files, the judges'
+the tokenizer (teacher and student must share one: DESIGN.md §2.6), prompt files, the judges'
 checkpoints (through :meth:`vcrd_core.Judge.check`), the accelerate config and the output directory (an
 existing run is never overwritten unless ``output.overwrite`` says so). Each failure is one
 :class:`~vcrd_core.errors.ConfigError` at the YAML path that named the thing.

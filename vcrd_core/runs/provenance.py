@@ -1,4 +1,4 @@
-"""Provenance of a run (SPEC decision 8): what ran, with which versions, from which commit.
+"""Provenance of a run (DESIGN.md §2.8): what ran, with which versions, from which commit.
 
 Every output directory holds the resolved config (``config.yaml``) and ``provenance.json``: the versions
 of vcrd and of every plugin distribution whose components the config uses, the key libraries, the git
@@ -19,10 +19,10 @@ from typing import Any
 import yaml
 
 from vcrd_core import __version__
-from vcrd_core.runs.atomic import atomic_write_text
 from vcrd_core.config.loader import iter_components, resolved_dict
 from vcrd_core.config.models import RunConfig
 from vcrd_core.plugins.registry import entries
+from vcrd_core.runs.atomic import atomic_write_text
 
 LIBRARIES = ("torch", "transformers", "peft", "accelerate", "pluggy", "pydantic")
 

@@ -1,4 +1,4 @@
-"""The grammar of the embedded toy task: step-by-step integer arithmetic (SPEC "The embedded default").
+"""The grammar of the embedded toy task: step-by-step integer arithmetic (DESIGN.md; README "The toy task").
 
 One module shared by the data generator, the ``oracle`` judge and the ``exact`` evaluator, so that
 all three agree on what a correct derivation is.

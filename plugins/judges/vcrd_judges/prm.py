@@ -1,7 +1,7 @@
 """Process-reward-model judges: ``prm_value_head`` (Skywork-o1-Open-PRM) and ``prm_classifier`` (Qwen2.5-Math-PRM).
 
-At a decision point ``t`` (SPEC's indexing: the response token at position ``t``) the judge scores the rollout
-token ``y_t`` and the other model's proposal ``alt_t`` at the same prefix ``c = (x, y_{<t})``:
+At a decision point ``t`` (:class:`vcrd_core.DecisionPoints`: the response token at position ``t``) the judge
+scores the rollout token ``y_t`` and the other model's proposal ``alt_t`` at the same prefix ``c = (x, y_{<t})``:
 
 .. math::
 
@@ -16,7 +16,7 @@ appended after ``a`` (after the actual *and* the alternative token, so both are 
 The judge renders the prompt in its own format (decode the policy's prompt ids to text, apply the judge's
 template, tokenize with the judge tokenizer) and appends the response ids as they are, which is why the policy
 vocabulary must be a subset of the judge's with equal ids. All decision points of a batch are scored in one
-tree-attention pass (:mod:`vcrd_core.judging.tree`, SPEC decision 4).
+tree-attention pass (:mod:`vcrd_core.judging.tree`, DESIGN.md §2.4).
 """
 
 from __future__ import annotations

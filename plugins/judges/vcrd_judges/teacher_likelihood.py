@@ -26,7 +26,7 @@ Both streams use the student's *greedy* token (§10.4), also on the student pref
 from a sampled rollout token.
 
 Temperature: §4.6 speaks of a "temperature-softened teacher baseline", but the setup in §10.4 states
-none, so the teacher is used at temperature 1 (SPEC); ``temperature`` exposes it for ablations.
+none, so the teacher is used at temperature 1 (DESIGN.md §1.6); ``temperature`` exposes it for ablations.
 ``top_k`` larger than the tokenizer's real vocabulary is clipped to it (``k = min(128, V)``).
 """
 
@@ -152,7 +152,7 @@ class TeacherLikelihoodJudge(Judge):
         """One block: ``log p = log_softmax(z_{:V} / T)``; ``r_s = p[a^S]``; ``r_t = Σ_top-k p²``."""
         logp = torch.log_softmax(logits[:, :v_real].float() / self.params.temperature, dim=-1)
         r_s = logp.gather(1, proposals.unsqueeze(1)).squeeze(1).exp()
-        k = min(self.params.top_k, v_real)  # SPEC: k = min(128, real vocabulary); larger k is clipped
+        k = min(self.params.top_k, v_real)  # k = min(128, real vocabulary); larger k is clipped
         top = logp.topk(k, dim=-1).values
         r_t = (2.0 * top).exp().sum(-1)  # p² as exp(2 log p): exact 0 for -inf logits, no overflow
         return r_s, r_t.clamp(max=1.0)  # Σ p² ≤ 1 exactly; float32 rounding may exceed it by an ulp

@@ -1,4 +1,4 @@
-"""Tree scoring (SPEC decision 4) against scoring every prefix separately with a float64 copy of the model."""
+"""Tree scoring (DESIGN.md §2.4) against scoring every prefix separately with a float64 copy of the model."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The built-in weighting rules (SPEC "Weighting rules" table) against plain float64 formulas."""
+"""The built-in weighting rules (DESIGN.md §1.3 table) against plain float64 formulas."""
 
 from __future__ import annotations
 

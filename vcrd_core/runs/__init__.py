@@ -1,0 +1,1 @@
+"""What a run checks and writes: preflight checks, provenance records, atomic file writes."""
