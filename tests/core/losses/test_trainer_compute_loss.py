@@ -49,6 +49,21 @@ def make_rollouts(n: int, length: int, seed: int) -> list[dict[str, torch.Tensor
     return items
 
 
+def cpu_args(output_dir: Path, **overrides: Any) -> TrainingArguments:
+    """Deterministic single-process CPU TrainingArguments with no saving, logging integrations or workers."""
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        seed=0,
+        **overrides,
+    )
+
+
 class RolloutPairs(torch.utils.data.Dataset):
     """Each example: a teacher rollout (``t_*``) and a student rollout (``s_*``) of the same prompt slot."""
 
@@ -112,20 +127,7 @@ def test_the_trainer_optimizes_the_objective_computed_in_compute_loss(tmp_path: 
         reduction=Reduction.SEQUENCE_MEAN,
         vocab_size=REAL_VOCAB,
     )
-    args = TrainingArguments(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=4,
-        max_steps=3,
-        learning_rate=1e-2,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        remove_unused_columns=False,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-        seed=0,
-    )
+    args = cpu_args(tmp_path, per_device_train_batch_size=4, max_steps=3, learning_rate=1e-2, logging_steps=1)
     trainer = DistillationTrainer(
         model=student, args=args, train_dataset=RolloutPairs(12), teacher=teacher, objective=objective
     )
@@ -192,21 +194,14 @@ class LabelsTrainer(Trainer):
 def train_with_labels(tmp_path: Path, batch_size: int, accumulation: int) -> tuple[Qwen2ForCausalLM, LabelsTrainer]:
     student = tiny_qwen2(REAL_VOCAB, seed=1)
     objective = VCRDObjective(StreamLoss(ForwardKL()), None, reduction=Reduction.TOKEN_MEAN, vocab_size=REAL_VOCAB)
-    args = TrainingArguments(
-        output_dir=str(tmp_path / f"b{batch_size}x{accumulation}"),
+    args = cpu_args(
+        tmp_path / f"b{batch_size}x{accumulation}",
         per_device_train_batch_size=batch_size,
         gradient_accumulation_steps=accumulation,
         max_steps=2,
         learning_rate=0.5,
         optim="sgd",  # no per-parameter normalisation: gradients show through unchanged
         lr_scheduler_type="constant",
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        remove_unused_columns=False,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-        seed=0,
     )
     trainer = LabelsTrainer(
         model=student, args=args, train_dataset=LabelledRollouts(8), teacher=tiny_qwen2(48, 0), objective=objective
