@@ -1,5 +1,12 @@
 """Tree scoring: a judge scores the actual and the alternative token of every decision point in one pass.
 
+Public API for any process-reward-model judge, built-in or third-party: :func:`tree_hidden_states` runs a
+transformer body once on a batch and returns, for every decision point selected by a mask (pass
+``request.points.mask``), the hidden states where the rollout's token and the alternative are scored; a
+PRM applies its own head to ``TreeHidden.actual`` / ``TreeHidden.alt``. :func:`build_tree` exposes the
+extended batch (ids, logical positions, 4D float mask) for bodies that need to be called differently, and
+:func:`check_context` the context-length rule. ``vcrd_judges.prm`` is a complete user of it.
+
 A process reward model reads ``r(c, a)`` from its hidden state at the token ``a`` appended to the prefix
 ``c = y_{<t}`` (or at the last token of a ``branch_suffix`` appended after ``a``). Scoring every decision
 point of a sequence one prefix at a time costs ``O(T)`` forward passes of up to ``T`` tokens each. The tree
