@@ -1,4 +1,8 @@
-"""``vcrd plugins``: the installed components per kind and the distribution providing each."""
+"""``vcrd plugins``: the installed components per kind and the distribution providing each.
+
+A listing, so it exits 0 even when a plugin is broken or a ``VCRD_PLUGINS`` / ``VCRD_DISABLE_PLUGINS``
+name matches nothing: each of those is one ``warning:`` line on stderr (and in ``--json``).
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,13 @@ import sys
 from typing import Any
 
 from vcrd_core.plugins.kinds import KINDS
-from vcrd_core.plugins.manager import get_plugin_manager, load_failures, plugin_info
-from vcrd_core.plugins.registry import entries
+from vcrd_core.plugins.manager import filter_warnings, get_plugin_manager, plugin_info
+from vcrd_core.plugins.registry import entries, failures
 
 
 def listing() -> dict[str, Any]:
-    """Plugins, components per kind and load failures, as plain data."""
+    """Plugins, components per kind, plugins that failed to load (whole, or for one kind) and filter
+    names that matched nothing, as plain data."""
     pm = get_plugin_manager()
     plugins = []
     for name, plugin in pm.list_name_plugin():
@@ -31,10 +36,11 @@ def listing() -> dict[str, Any]:
             }
             for e in sorted(entries(kind).values(), key=lambda e: e.name)
         ]
-    failures = [
-        {"entry_point": f.entry_point, "distribution": f.distribution, "message": f.message} for f in load_failures()
+    failed = [
+        {"entry_point": f.entry_point, "distribution": f.distribution, "kind": f.kind, "message": f.message}
+        for f in failures()
     ]
-    return {"plugins": plugins, "components": components, "failures": failures}
+    return {"plugins": plugins, "components": components, "failures": failed, "filter_warnings": filter_warnings()}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,9 +63,9 @@ def run(args: argparse.Namespace) -> int:
                 cells = (item["name"], f"{item['distribution']} {item['version']}".strip(), item["summary"])
                 table.add_row(*(escape(c) for c in cells))  # plugin text is not rich markup
             console.print(table)
-    for failure in load_failures():
-        print(f"error: {failure}", file=sys.stderr)
-    return 1 if data["failures"] else 0
+    for line in [*filter_warnings(), *map(str, failures())]:
+        print(f"warning: {line}", file=sys.stderr)
+    return 0
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -67,7 +73,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "plugins",
         help="list installed components and the distributions providing them",
         description="List every installed component per kind (divergences, weighting, judges, ...) with the "
-        "distribution and version that provides it. Exits 1 if a plugin failed to load.",
+        "distribution and version that provides it. A plugin that failed to load, and a VCRD_PLUGINS / "
+        "VCRD_DISABLE_PLUGINS name that matches no installed plugin, are one warning line each on stderr.",
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(func=run)

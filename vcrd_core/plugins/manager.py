@@ -3,17 +3,22 @@
 Every plugin — built-in or third-party — is a module named by an entry point in the ``vcrd`` group
 that declares ``VCRD_PLUGIN_API`` and implements ``vcrd_*`` hooks. A plugin that fails to import,
 declares another API version or implements an unknown hook is skipped with a recorded
-:class:`LoadFailure`; the other plugins still load.
+:class:`LoadFailure`; the other plugins still load. (A plugin whose registration hook misbehaves is
+skipped for that kind the same way, by :mod:`vcrd_core.plugins.registry`.)
 
 Environment (keeps tests and ablations hermetic, like ``LLM_LOAD_PLUGINS``):
 
 * ``VCRD_PLUGINS``: comma-separated entry-point or distribution names; when set, only those load
   (empty string: none).
 * ``VCRD_DISABLE_PLUGINS``: comma-separated names that never load.
+
+A name in either variable that matches no installed entry point or distribution (a typo) is recorded:
+:func:`filter_warnings` says which, and what is available.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib.metadata
 import os
 import re
@@ -46,14 +51,17 @@ class PluginInfo:
 
 @dataclass(frozen=True)
 class LoadFailure:
-    """A plugin that did not load, and why (one line)."""
+    """A plugin that did not load (``kind`` None), or whose components of one ``kind`` were all skipped
+    because its registration hook misbehaved, and why (one line)."""
 
     entry_point: str
     distribution: str
     message: str
+    kind: str | None = None
 
     def __str__(self) -> str:
-        return f"plugin '{self.entry_point}' (distribution {self.distribution}) not loaded: {self.message}"
+        what = "not loaded" if self.kind is None else f"skipped for {self.kind}"
+        return f"plugin '{self.entry_point}' (distribution {self.distribution}) {what}: {self.message}"
 
 
 _generation = 0
@@ -92,6 +100,7 @@ class _State:
         self.infos: dict[str, PluginInfo] = {}
         self.failures: list[LoadFailure] = []
         self.filtered: list[str] = []
+        self.unmatched: list[str] = []
 
 
 _state: _State | None = None
@@ -110,13 +119,37 @@ def _names(env: str) -> set[str] | None:
     return {normalize(part.strip()) for part in value.split(",") if part.strip()}
 
 
+def _unmatched(env: str, names: set[str] | None, known: set[str]) -> str | None:
+    """One line naming the names of ``env`` that match no entry point or distribution, or None."""
+    missing = sorted((names or set()) - known)
+    if not missing:
+        return None
+    hints = []
+    for name in missing:
+        close = difflib.get_close_matches(name, sorted(known), n=1)
+        hints.append(f"'{name}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+    available = ", ".join(sorted(known)) or "none installed"
+    return (
+        f"{env} names {', '.join(hints)}, which match{'es' if len(missing) == 1 else ''} no installed plugin "
+        f"(entry-point or distribution names available: {available})"
+    )
+
+
+def filter_warnings() -> list[str]:
+    """One line per environment variable naming plugins that are not installed (typos), with what is."""
+    return list(_get_state().unmatched)
+
+
 def filters() -> str:
-    """A phrase for messages naming the plugins the environment filters left out ('' when none)."""
-    skipped = _get_state().filtered
-    if not skipped:
-        return ""
-    active = ", ".join(f"{env}={os.environ[env]!r}" for env in (ENV_ALLOW, ENV_BLOCK) if env in os.environ)
-    return f" (not loaded because of {active}: {', '.join(skipped)})"
+    """A phrase for messages naming the plugins the environment filters left out, and filter names that
+    matched nothing ('' when neither)."""
+    state = _get_state()
+    parts = []
+    if state.filtered:
+        active = ", ".join(f"{env}={os.environ[env]!r}" for env in (ENV_ALLOW, ENV_BLOCK) if env in os.environ)
+        parts.append(f"not loaded because of {active}: {', '.join(state.filtered)}")
+    parts.extend(state.unmatched)
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def _dist_of(ep: importlib.metadata.EntryPoint) -> tuple[str, str]:
@@ -146,9 +179,22 @@ def _check_api(plugin: Any) -> str | None:
     return None
 
 
+def _hook_hint(message: str) -> str:
+    """pluggy's "unknown hook 'vcrd_register_weightings' ..." with the closest hook name suggested."""
+    unknown = re.search(r"unknown hook '([^']+)'", message)
+    specs = [name for name in vars(hookspecs) if name.startswith(f"{hookspecs.PROJECT}_")]
+    close = difflib.get_close_matches(unknown.group(1), specs, n=1) if unknown else []
+    return f"{message} (did you mean '{close[0]}'?)" if close else message
+
+
 def _load(state: _State) -> None:
     allow, block = _names(ENV_ALLOW), _names(ENV_BLOCK) or set()
     eps = sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
+    known = {normalize(n) for ep in eps for n in (ep.name, _dist_of(ep)[0]) if not n.startswith("<")}
+    for env, names in ((ENV_ALLOW, allow), (ENV_BLOCK, block)):
+        line = _unmatched(env, names, known)
+        if line:
+            state.unmatched.append(line)
     for ep in eps:
         dist, version = _dist_of(ep)
         names = {normalize(ep.name), normalize(dist)}
@@ -176,7 +222,7 @@ def _load(state: _State) -> None:
         except Exception as exc:
             if state.pm.is_registered(module):
                 state.pm.unregister(module)
-            state.failures.append(LoadFailure(ep.name, dist, str(exc).splitlines()[0]))
+            state.failures.append(LoadFailure(ep.name, dist, _hook_hint(str(exc).splitlines()[0])))
             continue
         state.infos[ep.name] = PluginInfo(ep.name, dist, version)
 

@@ -1,7 +1,9 @@
 """Registries per component kind, built from the plugin manager's ``vcrd_register_<kind>`` hooks.
 
 Public API (stable): :func:`available` and :func:`create`. A name registered by two plugins is an
-error naming both providers; an unknown name says what is available and suggests the closest.
+error naming both providers; an unknown name says what is available and suggests the closest. A
+plugin whose registration hook raises, returns no list or returns a class that is not a valid
+component is skipped for that kind, named in one line by :func:`failures`; the others still load.
 """
 
 from __future__ import annotations
@@ -15,8 +17,17 @@ from pydantic import BaseModel, ValidationError
 from vcrd_core.config.validation import join_path, to_config_error
 from vcrd_core.errors import ConfigError, ParamError, PluginError
 from vcrd_core.plugins.component import Component, ComponentSpec
-from vcrd_core.plugins.kinds import get_kind
-from vcrd_core.plugins.manager import PluginInfo, filters, generation, get_plugin_manager, load_failures, plugin_info
+from vcrd_core.plugins.kinds import KINDS, get_kind
+from vcrd_core.plugins.manager import (
+    LoadFailure,
+    PluginInfo,
+    filter_warnings,
+    filters,
+    generation,
+    get_plugin_manager,
+    load_failures,
+    plugin_info,
+)
 
 
 @dataclass(frozen=True)
@@ -34,58 +45,90 @@ class Entry:
         return doc.splitlines()[0] if doc else ""
 
 
-_cache: dict[str, tuple[int, dict[str, Entry]]] = {}
+_cache: dict[str, tuple[int, dict[str, Entry], list[LoadFailure]]] = {}
 
 
-def _check_class(kind: str, cls: Any, info: PluginInfo) -> None:
+def _class_problem(kind: str, cls: Any) -> str | None:
+    """Why ``cls`` cannot be registered as a component of ``kind`` (one line), or None."""
     k = get_kind(kind)
-    who = f"plugin '{info.name}' (distribution {info.distribution})"
     if not (isinstance(cls, type) and issubclass(cls, k.base)):
-        raise PluginError(f"{who} registered {cls!r} as a {k.singular}, but it is not a subclass of {k.base.__name__}")
+        return f"registered {cls!r} as a {k.singular}, but it is not a subclass of {k.base.__name__}"
     name = getattr(cls, "name", None)
     if not isinstance(name, str) or not name:
-        raise PluginError(f"{who} registered {cls.__name__} without a string `name`")
+        return f"registered {cls.__name__} without a string `name`"
     params = getattr(cls, "Params", None)
     if not (isinstance(params, type) and issubclass(params, BaseModel)) or params.model_config.get("extra") != "forbid":
-        raise PluginError(f"{who}: {cls.__name__}.Params must be a pydantic BaseModel with extra='forbid'")
+        return f"{cls.__name__}.Params must be a pydantic BaseModel with extra='forbid'"
+    return None
 
 
-def entries(kind: str) -> dict[str, Entry]:
-    """Every registered component of ``kind`` by name (rebuilt when plugins are (un)registered)."""
+def _registered(kind: str, function: Any) -> tuple[list[type[Component]], str | None]:
+    """The classes one plugin's registration hook returns, or none and why (one line): a plugin is
+    registered whole or not at all, so a config never runs with half of it."""
+    k = get_kind(kind)
+    try:
+        returned = function()
+    except Exception as exc:  # a broken plugin is named, in one line, instead of a traceback
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        return [], f"{k.hook}() failed: {type(exc).__name__}: {first}"
+    if returned is None:
+        return [], None
+    if isinstance(returned, type):
+        return [], f"{k.hook}() must return a list of classes, got the class {returned.__name__} itself"
+    if not isinstance(returned, (list, tuple)):
+        return [], f"{k.hook}() must return a list of classes, got {type(returned).__name__}"
+    seen: set[str] = set()
+    for cls in returned:
+        problem = _class_problem(kind, cls)
+        if problem:
+            return [], problem
+        if cls.name in seen:
+            return [], f"{k.hook}() returned two {k.singular} classes named '{cls.name}'"
+        seen.add(cls.name)
+    return list(returned), None
+
+
+def _build(kind: str) -> tuple[int, dict[str, Entry], list[LoadFailure]]:
+    """Every plugin's components of ``kind`` (cached per plugin-manager generation). A plugin whose
+    hook misbehaves is skipped for this kind with a recorded :class:`LoadFailure`; the same name from
+    two plugins is a :class:`PluginError` naming both (a real conflict only the user can resolve)."""
     k = get_kind(kind)
     pm = get_plugin_manager()
     key = generation()
     cached = _cache.get(kind)
     if cached is not None and cached[0] == key:
-        return cached[1]
-    hook = getattr(pm.hook, k.hook)
+        return cached
     found: dict[str, Entry] = {}
-    for impl in hook.get_hookimpls():  # registration order
+    failed: list[LoadFailure] = []
+    for impl in getattr(pm.hook, k.hook).get_hookimpls():  # registration order
         info = plugin_info(impl.plugin)
-        who = f"plugin '{info.name}' (distribution {info.distribution})"
-        try:
-            returned = impl.function()
-        except Exception as exc:  # a broken plugin is named, in one line, instead of a traceback
-            first = str(exc).splitlines()[0] if str(exc) else ""
-            raise PluginError(f"{who}: vcrd_register_{kind}() failed: {type(exc).__name__}: {first}") from None
-        if returned is None:
-            returned = []
-        if not isinstance(returned, (list, tuple)):
-            raise PluginError(
-                f"{who}: vcrd_register_{kind}() must return a list of classes, got {type(returned).__name__}"
-            )
-        for cls in returned:
-            _check_class(kind, cls, info)
+        classes, problem = _registered(kind, impl.function)
+        if problem:
+            failed.append(LoadFailure(info.name, info.distribution, problem, kind=kind))
+            continue
+        for cls in classes:
             if cls.name in found:
                 other = found[cls.name].provider
+                typos = "".join(f" ({line})" for line in filter_warnings())  # e.g. a misspelt block-list
                 raise PluginError(
-                    f"Duplicate {get_kind(kind).singular} '{cls.name}': registered by distribution "
+                    f"Duplicate {k.singular} '{cls.name}': registered by distribution "
                     f"{other.distribution} (plugin '{other.name}') and by distribution {info.distribution} "
-                    f"(plugin '{info.name}'); uninstall one or disable it with VCRD_DISABLE_PLUGINS"
+                    f"(plugin '{info.name}'); uninstall one or disable it with VCRD_DISABLE_PLUGINS{typos}"
                 )
             found[cls.name] = Entry(kind, cls.name, cls, info)
-    _cache[kind] = (key, found)
-    return found
+    _cache[kind] = (key, found, failed)
+    return _cache[kind]
+
+
+def entries(kind: str) -> dict[str, Entry]:
+    """Every registered component of ``kind`` by name (rebuilt when plugins are (un)registered)."""
+    return _build(kind)[1]
+
+
+def failures(kind: str | None = None) -> list[LoadFailure]:
+    """Plugins that did not load, then plugins skipped for ``kind`` (for every kind when None)."""
+    kinds = list(KINDS) if kind is None else [get_kind(kind).name]
+    return load_failures() + [f for k in kinds for f in _build(k)[2]]
 
 
 def available(kind: str) -> list[str]:
@@ -97,7 +140,7 @@ def unknown_name_message(kind: str, name: str, names: list[str]) -> str:
     close = difflib.get_close_matches(name, names, n=1)
     hint = f" Did you mean '{close[0]}'?" if close else ""
     listed = ", ".join(names) if names else "none installed"
-    failed = load_failures()
+    failed = failures(kind)
     note = f" {len(failed)} plugin(s) failed to load ({failed[0]}); run `vcrd plugins`." if failed else ""
     return f"Unknown {get_kind(kind).singular} '{name}'.{hint} Available: {listed}{filters()}.{note}"
 

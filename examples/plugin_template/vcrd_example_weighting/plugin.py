@@ -1,4 +1,7 @@
-"""A third-party weighting rule, registered exactly as the built-in ones are.
+"""A third-party divergence and weighting rule, registered exactly as the built-in ones are.
+
+``hellinger``: the squared Hellinger distance ``H²(p, q) = 1 - Σ_v sqrt(p_v q_v)`` between the teacher's
+``p`` and the student's ``q`` at one decision point (bounded, symmetric, zero iff ``p = q``).
 
 ``tempered_ratio``: ``w = (r_s / (r_t + ε))^γ`` — VCRD's ratio rule (paper Eq. 1) with its dynamic
 range compressed (γ < 1) or sharpened (γ > 1); ``γ = 1`` is ``ratio``.
@@ -17,6 +20,19 @@ import vcrd_core
 VCRD_PLUGIN_API = 1
 
 
+class Hellinger(vcrd_core.Divergence):
+    """Squared Hellinger distance: 1 - sum_v sqrt(p_v q_v)."""
+
+    name: ClassVar[str] = "hellinger"
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+    def value(self, teacher_logp: torch.Tensor, student_logp: torch.Tensor) -> torch.Tensor:
+        # [n, V] float32 log-probabilities -> [n]; the core owns softmax, chunking and gradients.
+        return 1 - torch.exp(0.5 * (teacher_logp + student_logp)).sum(-1)
+
+
 class TemperedRatio(vcrd_core.WeightingRule):
     """Tempered validity ratio: w = (r_s / (r_t + eps)) ** gamma."""
 
@@ -31,7 +47,12 @@ class TemperedRatio(vcrd_core.WeightingRule):
         return (r_student / (r_teacher + self.params.eps)) ** self.params.gamma
 
     def may_be_nonpositive(self) -> bool:
-        return False  # zero only when r_s = 0, like `ratio`
+        return False  # w > 0 wherever r_s > 0, like `ratio` (so `log_clamp` may wrap it)
+
+
+@vcrd_core.hookimpl
+def vcrd_register_divergences() -> list[type[vcrd_core.Divergence]]:
+    return [Hellinger]
 
 
 @vcrd_core.hookimpl

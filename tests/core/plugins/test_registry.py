@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar
 
 import pytest
@@ -125,16 +126,62 @@ def test_param_error_from_constructor_gets_the_yaml_path(register_plugin) -> Non
     assert "0.3 is not allowed" in str(info.value)
 
 
+def skipped(kind: str, plugin: str) -> list[str]:
+    """The one-line failures recorded for ``plugin`` and ``kind``."""
+    from vcrd_core.plugins.registry import failures
+
+    return [str(f) for f in failures(kind) if f.entry_point == plugin and f.kind == kind]
+
+
 def test_params_model_without_extra_forbid_is_refused(register_plugin) -> None:
+    register_plugin(FakeRules(), "fake-rules")
     register_plugin(FakeSloppy(), "fake-sloppy")
-    with pytest.raises(PluginError, match=r"Params must be a pydantic BaseModel with extra='forbid'"):
-        vcrd_core.available(vcrd_core.WEIGHTING)
+    names = vcrd_core.available(vcrd_core.WEIGHTING)  # no raise: the broken plugin is skipped, others load
+    assert "test_sloppy" not in names and {"test_halve", "ratio"} <= set(names)
+    assert skipped(vcrd_core.WEIGHTING, "fake-sloppy") == [
+        "plugin 'fake-sloppy' (distribution <in-process>) skipped for weighting: "
+        "Sloppy.Params must be a pydantic BaseModel with extra='forbid'"
+    ]
 
 
 def test_class_of_the_wrong_kind_is_refused(register_plugin) -> None:
     register_plugin(FakeNotAComponent(), "fake-wrong-kind")
-    with pytest.raises(PluginError, match=r"not a subclass of Divergence"):
-        vcrd_core.available(vcrd_core.DIVERGENCES)
+    names = vcrd_core.available(vcrd_core.DIVERGENCES)
+    assert "test_halve" not in names and "skl" in names
+    (line,) = skipped(vcrd_core.DIVERGENCES, "fake-wrong-kind")
+    assert line.startswith("plugin 'fake-wrong-kind' (distribution <in-process>) skipped for divergences: ")
+    assert line.endswith("but it is not a subclass of Divergence") and "\n" not in line
+
+
+class HalfBroken:
+    """One valid class and one without a name: neither is registered (no half-registered plugin)."""
+
+    @vcrd_core.hookimpl
+    def vcrd_register_weighting(self) -> list[type]:
+        class Nameless(vcrd_core.WeightingRule):
+            """No name."""
+
+        return [Halve, Nameless]
+
+
+def test_a_plugin_with_one_bad_class_registers_none_of_that_kind(register_plugin) -> None:
+    register_plugin(HalfBroken(), "fake-half-broken")
+    assert "test_halve" not in vcrd_core.available(vcrd_core.WEIGHTING)
+    assert skipped(vcrd_core.WEIGHTING, "fake-half-broken") == [
+        "plugin 'fake-half-broken' (distribution <in-process>) skipped for weighting: "
+        "registered Nameless without a string `name`"
+    ]
+
+
+def test_unknown_name_mentions_a_plugin_skipped_for_that_kind(register_plugin) -> None:
+    register_plugin(FakeSloppy(), "fake-sloppy")
+    with pytest.raises(ConfigError) as info:
+        vcrd_core.create(vcrd_core.WEIGHTING, "test_sloppy", path="weighting")
+    message = str(info.value)
+    assert "Unknown weighting rule 'test_sloppy'" in message and "\n" not in message
+    assert "1 plugin(s) failed to load (plugin 'fake-sloppy' (distribution <in-process>) skipped for weighting" in (
+        message
+    )
 
 
 def test_unknown_kind_is_refused() -> None:
@@ -165,16 +212,28 @@ class NotAList:
 
 def test_a_hook_that_raises_is_named_in_one_line(register_plugin) -> None:
     register_plugin(Raising(), "fake-raising")
-    with pytest.raises(
-        PluginError, match=r"^plugin 'fake-raising' .*vcrd_register_weighting\(\) failed: RuntimeError: boom"
-    ):
-        vcrd_core.available(vcrd_core.WEIGHTING)
+    register_plugin(FakeRules(), "fake-rules")
+    assert {"test_halve", "ratio"} <= set(vcrd_core.available(vcrd_core.WEIGHTING))
+    (line,) = skipped(vcrd_core.WEIGHTING, "fake-raising")
+    assert re.match(r"^plugin 'fake-raising' .*vcrd_register_weighting\(\) failed: RuntimeError: boom in plugin$", line)
 
 
 def test_a_hook_that_returns_no_list_is_refused(register_plugin) -> None:
     register_plugin(NotAList(), "fake-not-a-list")
-    with pytest.raises(PluginError, match=r"must return a list of classes, got int"):
-        vcrd_core.available(vcrd_core.WEIGHTING)
+    assert "ratio" in vcrd_core.available(vcrd_core.WEIGHTING)
+    assert skipped(vcrd_core.WEIGHTING, "fake-not-a-list") == [
+        "plugin 'fake-not-a-list' (distribution <in-process>) skipped for weighting: "
+        "vcrd_register_weighting() must return a list of classes, got int"
+    ]
+
+
+def test_a_skipped_plugin_is_forgotten_once_unregistered(register_plugin) -> None:
+    from vcrd_core.plugins.manager import get_plugin_manager
+
+    register_plugin(Raising(), "fake-raising")
+    assert skipped(vcrd_core.WEIGHTING, "fake-raising")
+    get_plugin_manager().unregister(name="fake-raising")
+    assert not skipped(vcrd_core.WEIGHTING, "fake-raising")
 
 
 def test_registry_notices_a_plugin_replaced_under_the_same_name(register_plugin) -> None:
