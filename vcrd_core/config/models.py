@@ -7,7 +7,7 @@ params are validated in phase two against the named plugin's own ``Params``
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -41,6 +41,7 @@ class DataConfig(Section):
     max_prompt_length: int = Field(512, gt=0)
     max_length: int = Field(1024, gt=0)
     num_prompts: int | None = Field(None, gt=0, description="Use only the first N prompts.")
+    response_field: str | None = Field(None, description="Field holding the reference response (`vcrd sft`).")
 
     @model_validator(mode="after")
     def _lengths(self) -> DataConfig:
@@ -134,6 +135,20 @@ class TrainingConfig(Section):
     logging_steps: int = Field(10, gt=0)
     save_steps: int | None = Field(None, gt=0)
     accelerate_config: str | None = Field(None, description="An accelerate config file (DDP, FSDP, DeepSpeed).")
+    batch_size: int | None = Field(
+        None,
+        gt=0,
+        description="Effective (global) batch per optimizer step; sets gradient_accumulation_steps to "
+        "batch_size / (per_device_batch_size x processes), which must divide exactly.",
+    )
+    max_nonfinite_steps: int = Field(
+        5, gt=0, description="Stop the run after this many consecutive steps skipped for a non-finite loss or gradient."
+    )
+    args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Any other transformers TrainingArguments field (e.g. save_total_limit, report_to), checked at "
+        "run start.",
+    )
 
 
 class EvaluationConfig(Section):

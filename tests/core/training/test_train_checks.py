@@ -1,0 +1,106 @@
+"""`vcrd train` / `vcrd sft` refuse bad input with one line before any model is loaded."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.core.training.helpers import config_dict, rows, run_config, save_model
+from vcrd_core.errors import ConfigError
+from vcrd_core.training import run as run_module
+from vcrd_core.training.arguments import training_arguments_kwargs
+from vcrd_core.training.run import run_train
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a model was loaded before the input was checked")
+
+    monkeypatch.setattr(run_module, "load_causal_lm", refuse)
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> tuple[Path, Path]:
+    return save_model(tmp_path / "t", 16, 0), save_model(tmp_path / "s", 16, 1)
+
+
+def refused(cfg: dict, **kwargs: object) -> str:
+    with pytest.raises(ConfigError) as err:
+        run_train(run_config(cfg), rows=kwargs.pop("rows", rows(4)), **kwargs)  # type: ignore[arg-type]
+    message = str(err.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.usefixtures("no_model_loading")
+def test_missing_model_path(tmp_path: Path, dirs: tuple[Path, Path]) -> None:
+    cfg = config_dict(tmp_path, tmp_path / "nowhere", dirs[1])
+    assert "models.teacher.path" in refused(cfg)
+
+
+@pytest.mark.usefixtures("no_model_loading")
+def test_teacher_and_student_tokenizers_differ(tmp_path: Path, dirs: tuple[Path, Path]) -> None:
+    teacher = dirs[0]
+    vocab = json.loads((teacher / "tokenizer.json").read_text())
+    vocab["model"]["vocab"]["+"], vocab["model"]["vocab"]["-"] = (
+        vocab["model"]["vocab"]["-"],
+        vocab["model"]["vocab"]["+"],
+    )
+    (teacher / "tokenizer.json").write_text(json.dumps(vocab))
+    message = refused(config_dict(tmp_path, teacher, dirs[1]))
+    assert "models.teacher.path" in message and "share a tokenizer" in message
+
+
+@pytest.mark.usefixtures("no_model_loading")
+def test_output_dir_holding_another_run(tmp_path: Path, dirs: tuple[Path, Path]) -> None:
+    cfg = config_dict(tmp_path, *dirs)
+    out = Path(cfg["output"]["dir"])
+    out.mkdir()
+    (out / "config.yaml").write_text("name: other\n")
+    (out / "provenance.json").write_text("{}\n")
+    assert "already holds a run; pass --resume" in refused(cfg)
+    assert "holds a different run (name: 'other' there, 'vcrd' now)" in refused(cfg, resume=True)
+
+
+@pytest.mark.usefixtures("no_model_loading")
+def test_resume_without_a_run(tmp_path: Path, dirs: tuple[Path, Path]) -> None:
+    assert "holds no run to resume" in refused(config_dict(tmp_path, *dirs), resume=True)
+
+
+def test_micro_batch_larger_than_effective_batch(tmp_path: Path, dirs: tuple[Path, Path]) -> None:
+    config = run_config(config_dict(tmp_path, *dirs, training={"per_device_batch_size": 8, "batch_size": 4}))
+    with pytest.raises(ConfigError, match=r"training.per_device_batch_size: the micro-batch \(8 per device x 1"):
+        training_arguments_kwargs(config)
+    config = run_config(config_dict(tmp_path, *dirs, training={"per_device_batch_size": 2, "batch_size": 8}))
+    assert training_arguments_kwargs(config, world_size=2)["gradient_accumulation_steps"] == 2
+    with pytest.raises(ConfigError, match="not a multiple"):
+        training_arguments_kwargs(config, world_size=3)
+
+
+@pytest.mark.usefixtures("no_model_loading")
+def test_unknown_training_arguments_field(tmp_path: Path, dirs: tuple[Path, Path]) -> None:
+    cfg = config_dict(tmp_path, *dirs)
+    cfg["training"]["args"] = {"save_totl_limit": 2}
+    message = refused(cfg)
+    assert "training.args.save_totl_limit" in message and "did you mean 'save_total_limit'?" in message
+    cfg["training"]["args"] = {"learning_rate": 1.0}
+    assert "set by training.learning_rate" in refused(cfg)
+
+
+@pytest.mark.usefixtures("no_model_loading")
+def test_offline_mode_with_a_store_without_scores(tmp_path: Path, dirs: tuple[Path, Path]) -> None:
+    store_module = pytest.importorskip("vcrd_core.rollouts.store")
+    store = store_module.RolloutStore(tmp_path / "store")
+    store.open({"test": 1}, store_module.Layout(4, 4, ("teacher", "student")))
+    all_rows = rows(4)
+    for role in ("teacher", "student"):
+        store.write_chunk(role, 0, [dict(r, text="", finish_reason="stop") for r in all_rows if r["role"] == role])
+    cfg = config_dict(tmp_path, *dirs, scoring={"mode": "offline"}, rollouts={"store": str(tmp_path / "store")})
+    message = refused(cfg, rows=None)
+    assert message.startswith("scoring.mode:") and "have no scores; run `vcrd score CONFIG` first" in message
+    # rows without weights given directly are refused the same way
+    with pytest.raises(Exception, match="offline mode needs scored rollouts"):
+        run_train(run_config(cfg), rows=rows(4))

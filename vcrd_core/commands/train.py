@@ -1,0 +1,53 @@
+"""``vcrd train CONFIG`` (validity-weighted distillation) and ``vcrd sft CONFIG`` (cross-entropy on references)."""
+
+from __future__ import annotations
+
+import argparse
+
+from vcrd_core.config.loader import load_config
+
+
+def _train(args: argparse.Namespace) -> int:
+    from vcrd_core.training.run import run_train
+
+    summary = run_train(load_config(args.file, args.set), resume=args.resume, merge=args.merge)
+    print(f"trained {summary['global_step']} steps; adapter in {summary['final_dir']}")
+    return 0
+
+
+def _sft(args: argparse.Namespace) -> int:
+    from vcrd_core.training.sft import run_sft
+
+    config = load_config(args.file, args.set)
+    summary = run_sft(config, role=args.model, from_scratch=args.from_scratch, resume=args.resume, merge=args.merge)
+    print(f"fine-tuned {args.model} for {summary['global_step']} steps; model in {summary['final_dir']}")
+    return 0
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", metavar="CONFIG", help="run config (YAML)")
+    parser.add_argument("--set", action="append", default=[], metavar="PATH=VALUE", help="override a config value")
+    parser.add_argument("--resume", action="store_true", help="continue output.dir's run from its latest checkpoint")
+    parser.add_argument("--merge", action="store_true", help="also save LoRA-merged weights in <output.dir>/merged")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    train = sub.add_parser(
+        "train",
+        help="validity-weighted distillation of the student (online or offline scoring)",
+        description="Distill models.teacher into models.student on the rollout store's rollouts (transformers "
+        "Trainer; launch with `accelerate launch` for several processes).",
+    )
+    _common(train)
+    train.set_defaults(func=_train)
+    sft = sub.add_parser(
+        "sft",
+        help="supervised fine-tuning on reference responses (cross-entropy)",
+        description="Fine-tune models.<role> on data.train's reference responses (data.response_field).",
+    )
+    _common(sft)
+    sft.add_argument("--model", choices=("student", "teacher"), default="student", help="which model to train")
+    sft.add_argument(
+        "--from-scratch", action="store_true", help="random initialization from the model directory's config.json"
+    )
+    sft.set_defaults(func=_sft)

@@ -1,0 +1,1 @@
+"""The training engine: `vcrd train` (validity-weighted distillation) and `vcrd sft` on transformers' Trainer."""

@@ -1,0 +1,176 @@
+"""Training examples from rollouts: one example per (prompt, sample) slot, holding the rollouts its streams need.
+
+The trainer reads rollouts through a small explicit interface, so that it does not depend on how they are
+stored: a *rollout row* is a mapping with
+
+* ``prompt_index`` and ``sample_index`` (ints): the slot; the teacher's and the student's rollouts of one slot
+  form one example;
+* ``role``: ``"teacher"`` (the teacher-prefix stream's sequences) or ``"student"`` (the student-prefix stream's);
+* ``prompt_token_ids`` and ``response_token_ids`` (lists of ints, the response as generated, EOS included);
+* optionally ``weights`` (a list of floats, one per response token: that role's stream weight ``w_t`` at the
+  decision point ``t`` of that token), as ``vcrd score`` writes them into the rollout store (offline mode).
+
+:func:`rows_from_store` reads such rows from the rollout store (``vcrd_core.rollouts.store``). A sequence is the
+prompt followed by its response, right-padded in a batch, cut at ``data.max_length`` tokens (the response is
+shortened; the prompt is never cut).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vcrd_core.decision_points import Stream
+from vcrd_core.errors import ConfigError, VcrdError
+
+#: The rollout role whose sequences each stream trains on, and the key prefix of its tensors in a batch.
+STREAM_ROLE: dict[str, str] = {Stream.TEACHER_PREFIX.value: "teacher", Stream.STUDENT_PREFIX.value: "student"}
+STREAM_KEY: dict[str, str] = {Stream.TEACHER_PREFIX.value: "t_", Stream.STUDENT_PREFIX.value: "s_"}
+
+
+@dataclass
+class RolloutSequence:
+    """One rollout as the trainer uses it."""
+
+    prompt: list[int]
+    response: list[int]
+    weights: list[float] | None = None
+
+
+class RolloutExamples(torch.utils.data.Dataset):
+    """Examples for the enabled ``streams``: example ``i`` holds, per stream, one rollout of its role.
+
+    Slots that lack a rollout of a role some stream needs are left out (counted in :attr:`incomplete`).
+    ``weights`` are read from the rows only when ``with_weights`` (offline mode); a needed row without them is
+    refused. :meth:`set_weights` installs weights computed at run start (the online static cache).
+    """
+
+    def __init__(
+        self,
+        rows: Iterable[Mapping[str, Any]],
+        streams: Sequence[str],
+        *,
+        max_length: int,
+        with_weights: Sequence[str] = (),
+    ) -> None:
+        self.streams = list(streams)
+        slots: dict[tuple[int, int], dict[str, RolloutSequence]] = {}
+        for row in rows:
+            role = row["role"]
+            stream = next((s for s in self.streams if STREAM_ROLE[s] == role), None)
+            if stream is None:
+                continue
+            prompt, response = [int(t) for t in row["prompt_token_ids"]], [int(t) for t in row["response_token_ids"]]
+            slot = (int(row["prompt_index"]), int(row.get("sample_index") or 0))
+            if not prompt:
+                raise VcrdError(f"rollout {role} {slot}: empty prompt (a decision point needs a preceding token)")
+            weights = None
+            if stream in with_weights:
+                weights = row.get("weights")
+                if weights is None:
+                    raise VcrdError(
+                        f"rollout {role} of prompt {slot[0]} sample {slot[1]} has no weights; offline mode needs "
+                        "scored rollouts: run `vcrd score CONFIG` first"
+                    )
+                weights = [float(w) for w in weights]
+                if len(weights) != len(response):
+                    raise VcrdError(
+                        f"rollout {role} of prompt {slot[0]} sample {slot[1]}: {len(weights)} weights for "
+                        f"{len(response)} response tokens"
+                    )
+            keep = max(0, max_length - len(prompt))
+            if weights is not None:
+                weights = weights[:keep]
+            slots.setdefault(slot, {})[stream] = RolloutSequence(prompt[:max_length], response[:keep], weights)
+        complete = sorted(k for k, v in slots.items() if all(s in v for s in self.streams))
+        self.incomplete = len(slots) - len(complete)
+        self.slots = complete
+        self.items = [slots[k] for k in complete]
+        if not self.items:
+            raise VcrdError(
+                f"no training example: no (prompt, sample) slot has rollouts of every role the enabled streams "
+                f"need ({', '.join(STREAM_ROLE[s] for s in self.streams)})"
+            )
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"index": i, **{s: self.items[i][s] for s in self.streams}}
+
+    def set_weights(self, stream: str, weights: Mapping[int, list[float]]) -> None:
+        """Install per-response-token weights of ``stream`` for every example (the online static cache)."""
+        for i, item in enumerate(self.items):
+            item[stream].weights = list(weights[i])
+
+
+class RolloutCollator:
+    """Pads a list of examples into one batch: per stream ``<k>input_ids``, ``<k>attention_mask``,
+    ``<k>response_mask``, ``<k>prompt_lengths`` (``[B]``) and, when the examples carry them, ``<k>weights``
+    (``[B, L]``, 0 off the response), with ``<k>`` = ``t_`` (teacher prefix) or ``s_`` (student prefix); and
+    ``index`` (``[B]``, the examples' indices)."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = int(pad_token_id)
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch: dict[str, torch.Tensor] = {"index": torch.tensor([e["index"] for e in examples], dtype=torch.long)}
+        for stream in STREAM_KEY:
+            if stream not in examples[0]:
+                continue
+            batch.update(pad_sequences([e[stream] for e in examples], self.pad_token_id, STREAM_KEY[stream]))
+        return batch
+
+
+def pad_sequences(seqs: Sequence[RolloutSequence], pad_token_id: int, key: str = "") -> dict[str, torch.Tensor]:
+    """Right-padded ``[B, L]`` tensors of prompt + response sequences (see :class:`RolloutCollator`)."""
+    length = max(len(s.prompt) + len(s.response) for s in seqs)
+    n = len(seqs)
+    ids = torch.full((n, length), pad_token_id, dtype=torch.long)
+    attention = torch.zeros(n, length, dtype=torch.long)
+    response = torch.zeros(n, length, dtype=torch.long)
+    weights = torch.zeros(n, length, dtype=torch.float32) if all(s.weights is not None for s in seqs) else None
+    for b, s in enumerate(seqs):
+        p, r = len(s.prompt), len(s.response)
+        ids[b, : p + r] = torch.tensor(s.prompt + s.response, dtype=torch.long)
+        attention[b, : p + r] = 1
+        response[b, p : p + r] = 1
+        if weights is not None and r:
+            weights[b, p : p + r] = torch.tensor(s.weights, dtype=torch.float32)
+    out = {
+        f"{key}input_ids": ids,
+        f"{key}attention_mask": attention,
+        f"{key}response_mask": response,
+        f"{key}prompt_lengths": torch.tensor([len(s.prompt) for s in seqs], dtype=torch.long),
+    }
+    if weights is not None:
+        out[f"{key}weights"] = weights
+    return out
+
+
+def rows_from_store(store: str | Path, roles: Sequence[str], *, need_weights: Sequence[str] = ()) -> list[dict]:
+    """The rows of ``roles`` in the rollout store at ``store``; a store whose rows of a role in ``need_weights``
+    have no weights (not scored) is refused with one line (offline mode, before any model is loaded)."""
+    from vcrd_core.rollouts.store import RolloutStore  # the rollout stage's module
+
+    st = RolloutStore(store)
+    if not Path(store).is_dir():
+        raise ConfigError("rollouts.store", f"rollout store '{store}' does not exist; run `vcrd rollouts CONFIG` first")
+    st.manifest()
+    table = st.read(roles)
+    if table.num_rows == 0:
+        raise ConfigError("rollouts.store", f"rollout store '{store}' holds no {' or '.join(roles)} rollouts")
+    rows = table.to_pylist()
+    for role in need_weights:
+        unscored = sum(1 for r in rows if r["role"] == role and r.get("weights") is None)
+        if unscored:
+            raise ConfigError(
+                "scoring.mode",
+                f"offline mode reads weights from the rollout store, but {unscored} {role} rollouts in '{store}' "
+                "have no scores; run `vcrd score CONFIG` first (or use scoring.mode: online)",
+            )
+    return rows

@@ -1,0 +1,516 @@
+"""The VCRD step on transformers' ``Trainer`` (DESIGN.md §3), the way TRL's GKD trainer is built.
+
+``Trainer`` owns the loop, accelerate (devices, DDP / FSDP / DeepSpeed, mixed precision), gradient
+accumulation, checkpoints, resume, logging integrations and the progress bar; :class:`VCRDTrainer` owns the
+step, in :meth:`VCRDTrainer.compute_loss`:
+
+1. both enabled streams' sequences are padded into one batch; the frozen teacher (eval, no grad, its own
+   dtype, prepared with the accelerator in evaluation mode as GKD does) and the student each run **one**
+   forward over it (one student forward per micro-batch: DDP sees one forward per backward);
+2. per stream: decision points, then weights — offline from the batch (the rollout store), online through
+   :func:`vcrd_core.judging.scoring.score_batch` with the current student's logits (the student's proposal
+   on the teacher prefix and its score are recomputed every step), or from the static cache (below);
+3. :class:`vcrd_core.losses.objective.VCRDObjective` on both streams, normalised by *global* counts.
+
+**Normalisation.** :meth:`get_batch_samples` sees every micro-batch of an optimizer step before the first one
+runs; it counts each stream's normalising count over all of them (sequences with at least one decision point
+for ``sequence_mean`` / ``sequence_sum``, decision points for ``token_mean``) and sums it across processes
+(one all-reduce per step). Each micro-batch's loss is ``sum_k lam_k loss_sum_k / global_count_k``, multiplied
+by the number of processes because DDP averages gradients; so the gradient of an optimizer step is the
+gradient of the whole global batch's objective, whatever the split into processes and micro-batches, and
+``loss_is_scaled_for_ga = True`` tells ``Trainer`` not to divide by the accumulation steps again.
+
+**Static cache (online, ``scoring.cache_static``).** What does not depend on the student is scored once, at
+the start of training, for the whole dataset: the *student-prefix* stream's scores and weights when its judge
+reads only token ids and teacher logits (``oracle``, PRMs): there the rollout token is the student rollout's
+(fixed) and the other proposal is the frozen teacher's, drawn once per rollout with a generator seeded by the
+run seed and the rollout's chunk (so a resumed run recomputes the same values). Processes score disjoint chunks
+and share the results. Not cached: the teacher-prefix stream (the student's proposal changes every step; the
+rollout token's own score ``r_t`` comes out of the same judge pass — a PRM's tree pass must run the trunk to
+score the alternatives — so caching it would save nothing), and judges that read the student's greedy tokens
+(``teacher_likelihood``, which also needs no extra model: it reads the teacher logits the step has).
+
+**Safety.** A step whose loss or gradient is non-finite is skipped (gradients dropped before the optimizer
+step, so no parameter and no optimizer state changes; the learning-rate schedule advances) and counted;
+``training.max_nonfinite_steps`` consecutive skips stop the run with one line. A checkpoint is written only
+when every trainable parameter is finite, and is marked complete (``vcrd-complete``) only once fully written:
+resume takes the latest complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from vcrd_core.decision_points import DecisionPoints, Stream
+from vcrd_core.errors import VcrdError
+from vcrd_core.judging.judge import Judge, Need
+from vcrd_core.judging.scoring import score_batch
+from vcrd_core.losses.objective import ObjectiveOutput, Reduction, StreamInputs, VCRDObjective
+from vcrd_core.losses.weighting import WeightingRule
+from vcrd_core.plugins.manager import get_plugin_manager
+from vcrd_core.training.data import STREAM_KEY, RolloutSequence, pad_sequences
+
+#: Written into a checkpoint directory after everything else: resume takes only checkpoints that have it.
+COMPLETE_MARKER = "vcrd-complete"
+#: Per-step metrics, one JSON object a line, in the run directory.
+METRICS_FILE = "metrics.jsonl"
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 63-bit seed from any printable parts (stable across processes and Python runs)."""
+    digest = hashlib.sha256("\0".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+@dataclass
+class StreamScoring:
+    """How one stream's weights are made online: the judge (None for score-free rules), the rule, and how the
+    *other* model proposes (``sample`` / ``greedy``, with the rollouts' temperature and top-p)."""
+
+    judge: Judge | None
+    rule: WeightingRule
+    proposal: str = "sample"
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+    def cacheable(self, stream: str) -> bool:
+        """Whether this stream's scores do not depend on the student (see the module docstring)."""
+        if not self.rule.uses_scores() or self.judge is None:
+            return False
+        return stream == Stream.STUDENT_PREFIX.value and Need.STUDENT_GREEDY not in self.judge.needs
+
+
+@dataclass
+class StepTimes:
+    """Seconds spent in each part of the current optimizer step (summed over its micro-batches)."""
+
+    teacher_forward: float = 0.0
+    student_forward: float = 0.0
+    judge: float = 0.0
+    loss: float = 0.0
+    backward: float = 0.0
+    total: float = 0.0
+    tokens: int = 0
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self.__dict__.items()}
+
+    def inside(self) -> float:
+        """Seconds measured inside ``compute_loss`` so far."""
+        return self.teacher_forward + self.student_forward + self.judge + self.loss
+
+
+@dataclass
+class _StepMetrics:
+    """Accumulated over the micro-batches of one optimizer step."""
+
+    outputs: list[ObjectiveOutput] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    nonfinite_loss: bool = False
+    skipped: bool = False
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class EngineTrainer(Trainer):
+    """What every vcrd training job shares on top of ``Trainer``: step timing and metrics (JSON Lines in the run
+    directory, the ``vcrd_on_step_end`` / ``vcrd_on_evaluation_end`` hooks, averaged into ``Trainer``'s logs for
+    ``report_to`` and the progress bar), the non-finite guard and checked, completion-marked checkpoints."""
+
+    def __init__(
+        self, *args: Any, metrics_file: str | Path | None = None, max_nonfinite_steps: int = 5, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.metrics_file = Path(metrics_file) if metrics_file else None
+        self.max_nonfinite_steps = max_nonfinite_steps
+        self._times = StepTimes()
+        self._step = _StepMetrics()
+        self._step_start: float | None = None
+        self._log_window: list[dict[str, float]] = []
+        self.nonfinite_steps = 0
+        self.consecutive_nonfinite = 0
+        self.add_callback(_VCRDCallback(self))
+
+    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
+        bad = [n for n, p in self.model.named_parameters() if p.requires_grad and not bool(torch.isfinite(p).all())]
+        if bad:
+            raise VcrdError(
+                f"step {self.state.global_step}: {len(bad)} trainable parameter(s) are not finite (first: {bad[0]}); "
+                "refusing to write a non-finite checkpoint"
+            )
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+            if folder.is_dir():
+                with open(folder / COMPLETE_MARKER, "w") as f:
+                    f.write(json.dumps({"step": self.state.global_step}) + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self._log_window and "loss" in logs:
+            keys = {k for m in self._log_window for k in m}
+            for key in sorted(keys):
+                values = [m[key] for m in self._log_window if key in m]
+                logs[key] = sum(values) / len(values)
+            self._log_window = []
+        super().log(logs, start_time)
+
+    def training_step(self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
+        before = self._times.inside()
+        t0 = time.perf_counter()
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        _sync(loss.device)
+        elapsed = time.perf_counter() - t0
+        self._times.backward += max(0.0, elapsed - (self._times.inside() - before))
+        self._step.losses.append(float(loss))
+        if not math.isfinite(float(loss)):
+            self._step.nonfinite_loss = True
+        return loss
+
+    def step_metrics(self) -> dict[str, float]:
+        """Metrics every job reports for the finished optimizer step."""
+        t = self._times
+        metrics = {
+            "loss": sum(self._step.losses),
+            "learning_rate": float(self._get_learning_rate()) if self.lr_scheduler is not None else 0.0,
+            "step_seconds": t.total,
+            "tokens_per_second": t.tokens / t.total if t.total > 0 else 0.0,
+            "judge_share": t.judge / t.total if t.total > 0 else 0.0,
+            "nonfinite_steps": float(self.nonfinite_steps),
+        }
+        for part in ("teacher_forward", "student_forward", "judge", "loss", "backward"):
+            metrics[f"time/{part}"] = getattr(t, part)
+        return metrics
+
+
+class VCRDTrainer(EngineTrainer):
+    """``Trainer`` whose loss is the validity-weighted two-stream objective (see the module docstring).
+
+    ``teacher``: the frozen teacher; ``objective``: its enabled streams are the ones computed (a stream with
+    ``λ = 0`` or disabled is not built, so it costs nothing); ``scoring``: per stream, how weights are made
+    online; ``mode``: ``online`` or ``offline`` (weights from the batch); ``vocab_size``: the tokenizer's real
+    vocabulary; ``metrics_file``: where per-step metrics go (main process only); ``max_nonfinite_steps``.
+    """
+
+    loss_is_scaled_for_ga = True
+
+    def __init__(
+        self,
+        *args: Any,
+        teacher: torch.nn.Module,
+        objective: VCRDObjective,
+        scoring: dict[str, StreamScoring],
+        mode: str = "online",
+        cache_static: bool = True,
+        vocab_size: int | None = None,
+        pad_token_id: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.objective = objective
+        self.streams = list(objective.losses)
+        self.scoring = scoring
+        self.mode = mode
+        self.cache_static = cache_static
+        self.vocab_size = vocab_size
+        self.pad_token_id = pad_token_id
+        teacher.eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        if self.is_deepspeed_enabled:
+            self.teacher = teacher  # as TRL: DeepSpeed needs its own preparation of a second model
+            teacher.to(self.args.device)
+        else:
+            self.teacher = self.accelerator.prepare_model(teacher, evaluation_mode=True)
+        self._global_counts: dict[str, float] | None = None
+        self.static_scoring_seconds = 0.0
+        self._static_done = False
+
+    # -- which streams take weights from where ------------------------------------------------------------
+
+    def _weights_from_batch(self, stream: str) -> bool:
+        if self.mode == "offline":
+            return self.scoring[stream].rule.uses_scores()
+        return self.cache_static and self.scoring[stream].cacheable(stream)
+
+    # -- normalisation over the accumulated micro-batches and the processes -------------------------------
+
+    def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: torch.device) -> tuple[list, Any]:
+        batch_samples, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        counts = torch.zeros(len(self.streams), dtype=torch.float64)
+        for batch in batch_samples:
+            for i, stream in enumerate(self.streams):
+                counts[i] += self._local_count(batch, stream)
+        if self.accelerator.num_processes > 1:
+            counts = self.accelerator.reduce(counts.to(self.accelerator.device), reduction="sum").cpu()
+        self._global_counts = {s: float(c) for s, c in zip(self.streams, counts.tolist(), strict=True)}
+        return batch_samples, num_items
+
+    def _local_count(self, batch: dict[str, torch.Tensor], stream: str) -> int:
+        k = STREAM_KEY[stream]
+        mask = batch[f"{k}attention_mask"].bool() & batch[f"{k}response_mask"].bool()
+        mask[:, 0] = False
+        if self.objective.reduction is Reduction.TOKEN_MEAN:
+            return int(mask.sum())
+        return int(mask.any(dim=1).sum())
+
+    # -- the step --------------------------------------------------------------------------------------------
+
+    def _forward_both(self, inputs: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, Any]:
+        """One teacher and one student forward over both streams' sequences; logits split back by stream."""
+        parts = []
+        for stream in self.streams:
+            k = STREAM_KEY[stream]
+            parts.append((inputs[f"{k}input_ids"], inputs[f"{k}attention_mask"]))
+        length = max(ids.shape[1] for ids, _ in parts)
+        pad = torch.nn.functional.pad
+        ids = torch.cat([pad(i, (0, length - i.shape[1]), value=self.pad_token_id) for i, _ in parts])
+        attn = torch.cat([pad(a, (0, length - a.shape[1]), value=0) for _, a in parts])
+        device = ids.device
+        _sync(device)
+        t0 = time.perf_counter()
+        teacher_device = next(self.teacher.parameters()).device
+        with torch.no_grad():
+            t_logits = self.teacher(input_ids=ids.to(teacher_device), attention_mask=attn.to(teacher_device)).logits
+        t_logits = t_logits.to(device)
+        _sync(device)
+        t1 = time.perf_counter()
+        s_logits = model(input_ids=ids, attention_mask=attn).logits
+        _sync(device)
+        t2 = time.perf_counter()
+        self._times.teacher_forward += t1 - t0
+        self._times.student_forward += t2 - t1
+        self._times.tokens += int(attn.sum())
+        out: dict[str, Any] = {}
+        start = 0
+        for stream, (i, _) in zip(self.streams, parts, strict=True):
+            b, n = i.shape
+            out[stream] = (t_logits[start : start + b, :n], s_logits[start : start + b, :n])
+            start += b
+        return out
+
+    def _generator(self, stream: str, device: torch.device) -> torch.Generator:
+        micro = len(self._step.outputs)
+        seed = derive_seed(self.args.seed, "online", stream, self.state.global_step, micro, self.args.process_index)
+        return torch.Generator(device=device).manual_seed(seed)
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
+        logits = self._forward_both(inputs, model)
+        stream_inputs: dict[str, StreamInputs] = {}
+        for stream in self.streams:
+            k = STREAM_KEY[stream]
+            points = DecisionPoints.from_masks(inputs[f"{k}attention_mask"], inputs[f"{k}response_mask"])
+            t_logits, s_logits = logits[stream]
+            if self._weights_from_batch(stream):
+                weights = inputs[f"{k}weights"]
+            else:
+                weights = self._online_weights(stream, inputs, points, t_logits, s_logits)
+            stream_inputs[stream] = StreamInputs(t_logits, s_logits, points, weights)
+        _sync(s_logits.device)
+        t0 = time.perf_counter()
+        out = self.objective(**stream_inputs)
+        training = model.training and self._global_counts is not None
+        counts = self._global_counts if training else None
+        loss = out.loss(counts=counts)
+        if training:
+            loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
+            self._step.outputs.append(out)
+        _sync(s_logits.device)
+        self._times.loss += time.perf_counter() - t0
+        return (loss, {"logits": logits}) if return_outputs else loss
+
+    def _online_weights(
+        self,
+        stream: str,
+        inputs: dict[str, torch.Tensor],
+        points: DecisionPoints,
+        t_logits: torch.Tensor,
+        s_logits: torch.Tensor,
+    ) -> torch.Tensor:
+        k = STREAM_KEY[stream]
+        sc = self.scoring[stream]
+        device = t_logits.device
+        _sync(device)
+        t0 = time.perf_counter()
+        scored = score_batch(
+            stream,
+            inputs[f"{k}input_ids"],
+            inputs[f"{k}attention_mask"],
+            points,
+            t_logits,
+            s_logits.detach(),
+            sc.judge,
+            sc.rule,
+            proposal=sc.proposal,  # type: ignore[arg-type]
+            temperature=sc.temperature,
+            top_p=sc.top_p,
+            vocab_size=self.vocab_size,
+            prompt_lengths=inputs[f"{k}prompt_lengths"],
+            generator=self._generator(stream, device) if sc.judge is not None else None,
+        )
+        _sync(device)
+        self._times.judge += time.perf_counter() - t0
+        return scored.weights.detach()
+
+    def prediction_step(
+        self, model: torch.nn.Module, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: Any = None
+    ) -> tuple[torch.Tensor | None, None, None]:
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    # -- the static cache ---------------------------------------------------------------------------------
+
+    def prepare_static_scores(self) -> None:
+        """Score the cacheable streams once for the whole dataset (online mode with ``cache_static``)."""
+        if self._static_done or self.mode != "online" or not self.cache_static:
+            return
+        self._static_done = True
+        streams = [s for s in self.streams if self.scoring[s].cacheable(s)]
+        if not streams:
+            return
+        t0 = time.perf_counter()
+        dataset = self.train_dataset
+        size = self.args.per_device_train_batch_size
+        chunks = list(range(0, len(dataset), size))
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        device = self.args.device
+        teacher_device = next(self.teacher.parameters()).device
+        for stream in streams:
+            sc = self.scoring[stream]
+            mine: dict[int, list[float]] = {}
+            for c, start in enumerate(chunks):
+                if c % world != rank:
+                    continue
+                idx = list(range(start, min(start + size, len(dataset))))
+                seqs: list[RolloutSequence] = [dataset.items[i][stream] for i in idx]
+                batch = pad_sequences(seqs, self.pad_token_id)
+                ids, attn = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+                points = DecisionPoints.from_masks(attn, batch["response_mask"].to(device))
+                with torch.no_grad():
+                    t_logits = self.teacher(input_ids=ids.to(teacher_device), attention_mask=attn.to(teacher_device))
+                t_logits = t_logits.logits.to(device)
+                gen = torch.Generator(device=device).manual_seed(derive_seed(self.args.seed, "static", stream, c))
+                scored = score_batch(
+                    stream, ids, attn, points, t_logits, None, sc.judge, sc.rule,
+                    proposal=sc.proposal, temperature=sc.temperature, top_p=sc.top_p,  # type: ignore[arg-type]
+                    vocab_size=self.vocab_size, prompt_lengths=batch["prompt_lengths"].to(device), generator=gen,
+                )  # fmt: skip
+                w = scored.weights.detach().float().cpu()
+                for b, i in enumerate(idx):
+                    p, r = len(seqs[b].prompt), len(seqs[b].response)
+                    mine[i] = w[b, p : p + r].tolist()
+            if world > 1:
+                from accelerate.utils import gather_object
+
+                merged: dict[int, list[float]] = {}
+                for part in gather_object([mine]):
+                    merged.update(part)
+                mine = merged
+            dataset.set_weights(stream, mine)
+        self.static_scoring_seconds = time.perf_counter() - t0
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        self.prepare_static_scores()
+        return super().train(*args, **kwargs)
+
+    # -- metrics --------------------------------------------------------------------------------------
+
+    def step_metrics(self) -> dict[str, float]:
+        """The finished optimizer step's metrics (see :class:`_VCRDCallback`)."""
+        metrics = super().step_metrics()
+        counts = self._global_counts or {}
+        world = self.accelerator.num_processes
+        for stream in self.streams:
+            outs = [o.streams[stream] for o in self._step.outputs if stream in o.streams]
+            if not outs:
+                continue
+            count = counts.get(stream, 0.0)
+            local = sum(float(o.loss_sum.detach()) for o in outs)
+            # this process's share of the global loss, scaled to the whole batch (exact on one process)
+            metrics[f"{stream}/loss"] = local * world / count if count else 0.0
+            points = sum(o.num_points for o in outs)
+            metrics[f"{stream}/points"] = float(points)
+            for stat in ("mean", "p90", "share_lt1", "share_eq1", "share_gt1", "max"):
+                vals = [(o.weight_stats[stat], o.num_points) for o in outs if stat in o.weight_stats]
+                if vals and points:
+                    if stat == "max":
+                        metrics[f"{stream}/weight_max"] = max(v for v, _ in vals)
+                    else:  # p90 of the step: the points-weighted mean of the micro-batches' p90
+                        metrics[f"{stream}/weight_{stat}"] = sum(v * n for v, n in vals) / points
+        return metrics
+
+
+class _VCRDCallback(TrainerCallback):
+    """Step timing, the non-finite guard, per-step metrics (JSON Lines + lifecycle hook), evaluation hook."""
+
+    def __init__(self, trainer: VCRDTrainer) -> None:
+        self.trainer = trainer
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        tr = self.trainer
+        tr._times = StepTimes()
+        tr._step = _StepMetrics()
+        tr._step_start = time.perf_counter()
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        tr = self.trainer
+        params = [p for p in tr.model.parameters() if p.requires_grad and p.grad is not None]
+        finite = not tr._step.nonfinite_loss and all(bool(torch.isfinite(p.grad).all()) for p in params)
+        flag = torch.tensor([0.0 if finite else 1.0], device=tr.accelerator.device)
+        if tr.accelerator.num_processes > 1:
+            flag = tr.accelerator.reduce(flag, reduction="sum")
+        if float(flag) == 0:
+            tr.consecutive_nonfinite = 0
+            return
+        for p in tr.model.parameters():
+            p.grad = None  # the optimizer skips parameters without a gradient: no update, no state change
+        tr._step.skipped = True
+        tr.nonfinite_steps += 1
+        tr.consecutive_nonfinite += 1
+        if tr.consecutive_nonfinite >= tr.max_nonfinite_steps:
+            raise VcrdError(
+                f"step {state.global_step + 1}: the loss or gradient was non-finite for {tr.consecutive_nonfinite} "
+                f"consecutive steps (training.max_nonfinite_steps); stopping. Lower the learning rate, check the "
+                "weights' range (weight_warn_max, clamp / log_clamp rules) or use float32/bf16"
+            )
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        tr = self.trainer
+        if tr._step_start is not None:
+            tr._times.total = time.perf_counter() - tr._step_start
+        metrics = tr.step_metrics()
+        metrics["skipped"] = 1.0 if tr._step.skipped else 0.0
+        tr._log_window.append({k: v for k, v in metrics.items() if not k.startswith("time/")})
+        step = int(state.global_step)
+        if tr.accelerator.is_main_process:
+            if tr.metrics_file is not None:
+                with open(tr.metrics_file, "a", encoding="utf-8") as f:
+                    f.write(json.dumps({"step": step, **metrics}) + "\n")
+            get_plugin_manager().hook.vcrd_on_step_end(step=step, metrics=dict(metrics))
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Any = None, **kwargs: Any) -> None:
+        if self.trainer.accelerator.is_main_process:
+            results = {k: float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
+            get_plugin_manager().hook.vcrd_on_evaluation_end(step=int(state.global_step), results=results)
