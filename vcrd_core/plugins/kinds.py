@@ -17,6 +17,7 @@ from vcrd_core.judging.judge import Judge
 from vcrd_core.losses.divergence import Divergence
 from vcrd_core.losses.weighting import WeightingRule
 from vcrd_core.plugins.component import Component, ComponentSpec
+from vcrd_core.rollouts.generator import Generator
 
 DIVERGENCES: Final = "divergences"
 WEIGHTING: Final = "weighting"
@@ -56,7 +57,7 @@ KINDS: Final[dict[str, Kind]] = {
         _kind(WEIGHTING, "weighting rule", WeightingRule, "WeightingSpec"),
         _kind(JUDGES, "judge", Judge, "JudgeSpec"),
         _kind(EVALUATORS, "evaluator", Component, "EvaluatorSpec"),
-        _kind(GENERATORS, "generator", Component, "GeneratorSpec"),
+        _kind(GENERATORS, "generator", Generator, "GeneratorSpec"),
     )
 }
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from vcrd_core.config.models import RunConfig
+from vcrd_core.data.prompts import check_source
 from vcrd_core.errors import ConfigError, VcrdError
 from vcrd_core.judging.judge import Judge, JudgeContext
 from vcrd_core.plugins.registry import create
@@ -87,6 +88,9 @@ def check_prompts(path: str, field: str, where: str) -> None:
     file = Path(path)
     if not file.exists():
         raise ConfigError(where, f"prompt file '{path}' does not exist")
+    if file.is_dir() or file.suffix.lower() == ".parquet":  # a datasets directory or Parquet: read it
+        check_source(path, field, where)
+        return
     if not file.is_file():
         raise ConfigError(where, f"prompt file '{path}' is not a file")
     try:

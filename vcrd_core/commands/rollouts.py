@@ -1,0 +1,48 @@
+"""``vcrd rollouts CONFIG [--shard I/N] [--overwrite]``: generate the run's rollouts into its store."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+
+from vcrd_core.config.loader import load_config, validate_components
+from vcrd_core.rollouts.run import generate_rollouts, print_summary
+
+
+def _rollouts(args: argparse.Namespace) -> int:
+    config = load_config(args.file, args.set)
+    validate_components(config)
+    console = Console(stderr=True)
+    result = generate_rollouts(config, shard=args.shard, overwrite=args.overwrite, console=console)
+    print_summary(result.summary, Console())
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "rollouts",
+        help="generate teacher and student rollouts into the run's rollout store (resumable, shardable)",
+        description="Generate the teacher's and the student's rollouts of data.train into the rollout store "
+        "(rollouts.store, default <output.dir>/rollouts): Parquet chunks written atomically, so a rerun "
+        "resumes where an interrupted run stopped. Run-time checks happen before any model is loaded.",
+    )
+    p.add_argument("file", help="run config (YAML)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="override one value, e.g. --set rollouts.temperature=0.7 (repeatable; VALUE is YAML)",
+    )
+    p.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="this process writes shard I of N (0-based) of the store: run N processes (one per GPU or node)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a store made with other models, parameters or prompts (its rollouts are deleted)",
+    )
+    p.set_defaults(func=_rollouts)
