@@ -68,6 +68,7 @@ def rows(n: int, seed: int = 0, roles: tuple[str, ...] = ("teacher", "student"))
 
 def config_dict(root: Path, teacher: Path, student: Path, **sections: Any) -> dict[str, Any]:
     """A run config for the tiny models: float32, no mixed precision, LoRA with dropout, 4 steps of 4."""
+    root.mkdir(parents=True, exist_ok=True)
     prompts = root / "prompts.jsonl"
     if not prompts.exists():
         prompts.write_text('{"prompt": "2*3="}\n')
