@@ -116,6 +116,11 @@ def training_arguments_kwargs(config: RunConfig, world_size: int = 1) -> dict[st
     }
     if t.save_steps:
         kwargs["save_steps"] = t.save_steps
+    import torch
+
+    if not torch.cuda.is_available():
+        # Without a GPU, transformers only sets up torch.distributed (gloo) for several processes with use_cpu.
+        kwargs["use_cpu"] = True
     kwargs.update(t.args)
     return kwargs
 
