@@ -23,11 +23,6 @@ class ConfigError(VcrdError):
         where = ", ".join(p for p in (self.location, self.path) if p)
         return f"{where}: {self.message}" if where else self.message
 
-    def at(self, prefix: str) -> ConfigError:
-        """The same error with ``prefix`` prepended to its path."""
-        path = f"{prefix}.{self.path}" if prefix and self.path else (prefix or self.path)
-        return ConfigError(path, self.message, self.location)
-
     def with_location(self, location: str | None) -> ConfigError:
         return ConfigError(self.path, self.message, location)
 

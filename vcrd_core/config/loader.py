@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from vcrd_core.config.models import RunConfig
-from vcrd_core.config.validation import _models_in, join_path, to_config_error
+from vcrd_core.config.validation import Step, join_path, to_config_error, walk_model
 from vcrd_core.errors import ConfigError, VcrdError
-from vcrd_core.plugins.component import Component, ComponentSpec
+from vcrd_core.plugins.component import Component, ComponentSpec, component_specs
 from vcrd_core.plugins.registry import create
 
 SETS = "--set"
@@ -211,59 +211,24 @@ def _load_file(path: Path, stack: tuple[Path, ...]) -> RawConfig:
     return _layer(merged, RawConfig(data, locations))
 
 
-def _component_fields(model: type[BaseModel], key: str) -> tuple[type[BaseModel] | None, bool]:
-    """(submodel for ``key`` or None, whether ``key`` exists)."""
-    fld = model.model_fields.get(key) or next((f for f in model.model_fields.values() if f.alias == key), None)
-    if fld is None:
-        return None, False
-    models = _models_in(fld.annotation)
-    return (models[0] if len(models) == 1 else None), True
-
-
-def _check_set_path(path: list[str]) -> None:
-    model: type[BaseModel] | None = RunConfig
-    for i, key in enumerate(path):
-        if model is None:
+def _check_set_path(path: list[str], steps: list[Step]) -> None:
+    """Refuse a ``--set`` path with a key the config schema does not know (a component's own ``params``
+    are below every model, checked in phase two against that component)."""
+    for i, step in enumerate(steps):
+        if step.owner is None:
             return
-        if issubclass(model, ComponentSpec) and key == "params":
-            return  # the component's own params: checked in phase two
-        if key.isdigit():
-            continue
-        sub, exists = _component_fields(model, key)
-        if not exists:
-            valid = [f.alias or n for n, f in model.model_fields.items()]
-            close = difflib.get_close_matches(key, valid, n=1)
+        if step.name is None and not step.is_index:
+            valid = [f.alias or n for n, f in step.owner.model_fields.items()]
+            close = difflib.get_close_matches(path[i], valid, n=1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
             here = ".".join(path[:i]) or "the top level"
             raise ConfigError(
-                ".".join(path), f"unknown key '{key}' at {here}.{hint} Valid keys: {', '.join(valid)}.", SETS
+                ".".join(path), f"unknown key '{path[i]}' at {here}.{hint} Valid keys: {', '.join(valid)}.", SETS
             )
-        model = sub
 
 
-def _default_component_name(path: list[str]) -> str | None:
-    """The name of the component a config gets at ``path`` when it does not name one (None: no default)."""
-    field = RunConfig.model_fields.get(path[0])
-    if field is None:
-        return None
-    if field.default_factory is not None:
-        value: Any = field.default_factory()  # type: ignore[call-arg]
-    else:
-        value = field.default
-    for key in path[1:]:
-        if value is None:
-            return None
-        value = getattr(value, key, None) if not key.isdigit() else None
-    return value.name if isinstance(value, ComponentSpec) else None
-
-
-def _is_component_path(path: list[str]) -> bool:
-    model: type[BaseModel] | None = RunConfig
-    for key in path:
-        if model is None or key.isdigit():
-            continue
-        model, _ = _component_fields(model, key)
-    return model is not None and issubclass(model, ComponentSpec)
+def _is_component(step: Step) -> bool:
+    return step.model is not None and issubclass(step.model, ComponentSpec)
 
 
 def apply_set(raw: RawConfig, assignment: str) -> None:
@@ -280,7 +245,8 @@ def apply_set(raw: RawConfig, assignment: str) -> None:
     path = dotted.split(".")
     if not all(path):
         raise VcrdError(f"{SETS} '{assignment}': empty key in path '{dotted}'")
-    _check_set_path(path)
+    steps = list(walk_model(RunConfig, path, defaults=True))
+    _check_set_path(path, steps)
     try:
         value = parse_yaml_value(text) if text.strip() else ""
     except yaml.YAMLError as exc:
@@ -305,12 +271,12 @@ def apply_set(raw: RawConfig, assignment: str) -> None:
         if node.get(key) is None:
             node[key] = [] if path[i + 1].isdigit() else {}
             raw.locations[here] = SETS
-        into_params = path[i + 1] == "params" and _is_component_path(path[: i + 1])
+        into_params = path[i + 1] == "params" and _is_component(steps[i])
         if into_params and isinstance(node[key], dict) and "name" not in node[key]:
-            default = _default_component_name(path[: i + 1])
-            if default is None:
+            default = steps[i].default
+            if not isinstance(default, ComponentSpec):
                 raise refuse(f"set {here}.name first: there is no default component at {here}")
-            node[key]["name"] = default
+            node[key]["name"] = default.name
         node = node[key]
     last = path[-1]
     if isinstance(node, list):
@@ -318,7 +284,7 @@ def apply_set(raw: RawConfig, assignment: str) -> None:
             raise refuse(f"'{last}' is not an index of the {len(node)}-item list at {'.'.join(path[:-1])}")
         node[int(last)] = value
     elif isinstance(node, dict):
-        parent_is_component = len(path) > 1 and _is_component_path(path[:-1])
+        parent_is_component = len(path) > 1 and _is_component(steps[-2])
         if last == "name" and parent_is_component and node.get("name") not in (None, value):
             node.clear()  # another component: its params start from its own defaults
             raw.locations = _without_under(raw.locations, [".".join(path[:-1])])
@@ -340,41 +306,21 @@ def load_raw(path: str | Path, overrides: list[str] | None = None) -> RawConfig:
     return raw
 
 
-def _walk_specs(value: Any, path: str) -> list[tuple[str, ComponentSpec]]:
-    found: list[tuple[str, ComponentSpec]] = []
-    if isinstance(value, ComponentSpec):
-        return [(path, value)]
-    if isinstance(value, BaseModel):
-        for name, fld in type(value).model_fields.items():
-            found += _walk_specs(getattr(value, name), join_path(path, fld.alias or name))
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            found += _walk_specs(item, join_path(path, i))
-    return found
-
-
-def _nested_specs(params: BaseModel, path: str) -> list[tuple[str, ComponentSpec]]:
-    """``{name, params}`` blocks inside a component's validated params (``clamp``'s ``inner``)."""
-    found: list[tuple[str, ComponentSpec]] = []
-    for name, fld in type(params).model_fields.items():
-        value = getattr(params, name)
-        items = enumerate(value) if isinstance(value, list) else [(None, value)]
-        for i, item in items:
-            if isinstance(item, ComponentSpec) and item.kind is not None:
-                found.append((join_path(path, "params", fld.alias or name, i), item))
-    return found
-
-
 def iter_components(config: RunConfig) -> list[tuple[str, Component]]:
-    """Every component of ``config``, nested ones included, as ``(YAML path, instance)``, outer first."""
-    pending = _walk_specs(config, "")
+    """Every component of ``config``, nested ones included, as ``(YAML path, instance)``, outer first.
+
+    Each is built exactly once: :func:`create` builds a component's nested specs with it, and they are
+    collected here from its validated params.
+    """
     out: list[tuple[str, Component]] = []
-    while pending:
-        path, spec = pending.pop(0)
-        assert spec.kind is not None
-        instance = create(spec.kind, spec.name, spec.params, path=path)
-        out.append((path, instance))
-        pending[0:0] = _nested_specs(instance.params, path)
+
+    def collect(path: str, component: Component) -> None:
+        out.append((path, component))
+        for where, spec in component_specs(component.params, join_path(path, "params")):
+            collect(where, spec.built)
+
+    for path, spec in component_specs(config):
+        collect(path, create(spec.kind, spec.name, spec.params, path=path))  # type: ignore[arg-type]
     return out
 
 

@@ -10,145 +10,91 @@ The offline-scoring pipeline writes these files and ``vcrd analyze`` reads them.
 both proposals were the same token there (parity by definition), and the optional ``weights`` are
 the weights the run used. Lists have one entry per decision point, in order, all of equal length.
 Scores lie in ``[0, 1]``; weights are finite and non-negative. Nothing NaN is ever written or read.
+
+:class:`ScoreRecord` is the schema (a strict pydantic model): lines are read with ``model_validate_json``
+and written with ``model_dump_json``, and any other store (a Parquet row) can be validated against it.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
 
+from vcrd_core.config.validation import first_error
 from vcrd_core.decision_points import DecisionPoints, Stream
 from vcrd_core.errors import VcrdError
 from vcrd_core.runs.atomic import atomic_writer
 
-#: Keys of one record; ``weights`` is optional.
-REQUIRED_KEYS: tuple[str, ...] = ("id", "stream", "r_s", "r_t", "same_token")
-OPTIONAL_KEYS: tuple[str, ...] = ("weights",)
-_STREAMS = ", ".join(s.value for s in Stream)
+#: A judge score: a number (not a bool, not a string) in [0, 1], never NaN.
+Score = Annotated[float, Strict(), Field(ge=0, le=1, allow_inf_nan=False)]
+#: A weight: a finite number >= 0.
+Weight = Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False)]
 
 
-@dataclass(frozen=True)
-class ScoreRecord:
+class ScoreRecord(BaseModel):
     """The judge scores at every decision point of one rollout in one stream.
 
-    Construction validates the record (one :class:`VcrdError` line naming the record), so an
-    invalid record can neither be written nor be read back.
+    A strict, frozen pydantic model: the lists accept JSON arrays (and Python lists or tuples, e.g. a
+    Parquet row's) but their items must be numbers or ``true``/``false`` themselves (no ``"0.5"``, no
+    ``0``/``1`` flags), scores in ``[0, 1]``, weights finite and ``>= 0``, no NaN, all lists of equal
+    length. Validate a row of another store with ``ScoreRecord.model_validate(row)`` (errors to one line
+    with :func:`record_error`). Built in Python, positionally or by keyword, an invalid record is one
+    :class:`VcrdError` line naming it, so it can neither be written nor be read back.
     """
 
-    id: str
-    stream: Stream  # a stream's string value is accepted and converted
-    r_s: tuple[float, ...]
-    r_t: tuple[float, ...]
-    same_token: tuple[bool, ...]
-    weights: tuple[float, ...] | None = None
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    def __post_init__(self) -> None:
-        # Accept a stream's string value and any sequences; store the enum and tuples.
-        if isinstance(self.stream, str) and self.stream in {s.value for s in Stream}:
-            object.__setattr__(self, "stream", Stream(self.stream))
-        for key in ("r_s", "r_t", "same_token", "weights"):
-            value = getattr(self, key)
-            if value is not None and not isinstance(value, tuple):
-                object.__setattr__(self, key, tuple(value))
-        problem = _problem(self)
-        if problem:
-            raise VcrdError(f"score record {self.id!r} ({_stream_text(self.stream)}): {problem}")
+    id: Annotated[str, Strict()]
+    stream: Stream
+    r_s: tuple[Score, ...]
+    r_t: tuple[Score, ...]
+    same_token: tuple[Annotated[bool, Strict()], ...]
+    weights: tuple[Weight, ...] | None = None
+
+    def __init__(
+        self,
+        id: str,
+        stream: Stream | str,
+        r_s: Sequence[float],
+        r_t: Sequence[float],
+        same_token: Sequence[bool],
+        weights: Sequence[float] | None = None,
+    ) -> None:
+        try:
+            super().__init__(id=id, stream=stream, r_s=r_s, r_t=r_t, same_token=same_token, weights=weights)
+        except ValidationError as exc:
+            shown = stream.value if isinstance(stream, Stream) else stream
+            raise VcrdError(f"score record {id!r} ({shown}): {record_error(exc)}") from None
+
+    # Positional construction only: validation (model_validate, model_validate_json) goes straight to
+    # pydantic-core without calling this __init__, as for pydantic's own RootModel.
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
+    @model_validator(mode="after")
+    def _one_entry_per_decision_point(self) -> ScoreRecord:
+        lengths = {"r_s": len(self.r_s), "r_t": len(self.r_t), "same_token": len(self.same_token)}
+        if self.weights is not None:
+            lengths["weights"] = len(self.weights)
+        if len(set(lengths.values())) > 1:
+            shown = ", ".join(f"{k}={n}" for k, n in lengths.items())
+            raise ValueError(f"lists must have one entry per decision point, but their lengths differ ({shown})")
+        return self
 
     @property
     def n_points(self) -> int:
         """Number of decision points."""
         return len(self.r_s)
 
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON object of one line (``weights`` only when present)."""
-        out: dict[str, Any] = {
-            "id": self.id,
-            "stream": Stream(self.stream).value,
-            "r_s": list(self.r_s),
-            "r_t": list(self.r_t),
-            "same_token": list(self.same_token),
-        }
-        if self.weights is not None:
-            out["weights"] = list(self.weights)
-        return out
 
-    @classmethod
-    def from_dict(cls, obj: Any) -> ScoreRecord:
-        """A record from one parsed JSON line; a :class:`VcrdError` (without location) if malformed."""
-        if not isinstance(obj, dict):
-            raise VcrdError(f"expected a JSON object, got {type(obj).__name__}")
-        missing = [k for k in REQUIRED_KEYS if k not in obj]
-        if missing:
-            raise VcrdError(f"missing field{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}")
-        unknown = sorted(set(obj) - set(REQUIRED_KEYS) - set(OPTIONAL_KEYS))
-        if unknown:
-            valid = ", ".join(REQUIRED_KEYS + OPTIONAL_KEYS)
-            raise VcrdError(f"unknown field {unknown[0]!r}; valid fields: {valid}")
-        if not isinstance(obj["id"], str):
-            raise VcrdError(f"field 'id' must be a string, got {type(obj['id']).__name__}")
-        ident = obj["id"]
-        if not isinstance(obj["stream"], str) or obj["stream"] not in {s.value for s in Stream}:
-            raise VcrdError(f"record {ident!r}: unknown stream {obj['stream']!r}; valid: {_STREAMS}")
-        for key in ("r_s", "r_t", "same_token", *(("weights",) if obj.get("weights") is not None else ())):
-            if not isinstance(obj[key], list):
-                raise VcrdError(f"record {ident!r}: field {key!r} must be a list, got {type(obj[key]).__name__}")
-        for key in ("r_s", "r_t", "weights"):
-            values = obj.get(key)
-            if values is None:
-                continue
-            bad = next((v for v in values if isinstance(v, bool) or not isinstance(v, (int, float))), None)
-            if bad is not None:
-                raise VcrdError(f"record {ident!r}: field {key!r} must hold numbers, found {bad!r}")
-        bad_flag = next((v for v in obj["same_token"] if not isinstance(v, bool)), None)
-        if bad_flag is not None:
-            raise VcrdError(f"record {ident!r}: field 'same_token' must hold true/false, found {bad_flag!r}")
-        weights = obj.get("weights")
-        try:
-            return cls(
-                id=ident,
-                stream=Stream(obj["stream"]),
-                r_s=tuple(float(v) for v in obj["r_s"]),
-                r_t=tuple(float(v) for v in obj["r_t"]),
-                same_token=tuple(obj["same_token"]),
-                weights=None if weights is None else tuple(float(v) for v in weights),
-            )
-        except VcrdError as exc:
-            raise VcrdError(str(exc).removeprefix("score ")) from None
-        except OverflowError:
-            raise VcrdError(f"record {ident!r}: a number is too large for a float") from None
-
-
-def _stream_text(stream: Any) -> str:
-    return stream.value if isinstance(stream, Stream) else str(stream)
-
-
-def _problem(record: ScoreRecord) -> str | None:
-    """What is wrong with ``record`` (one phrase), or ``None``."""
-    if not isinstance(record.stream, Stream):
-        return f"unknown stream {record.stream!r}; valid: {_STREAMS}"
-    lengths = {"r_s": len(record.r_s), "r_t": len(record.r_t), "same_token": len(record.same_token)}
-    if record.weights is not None:
-        lengths["weights"] = len(record.weights)
-    if len(set(lengths.values())) > 1:
-        shown = ", ".join(f"{k}={n}" for k, n in lengths.items())
-        return f"lists must have one entry per decision point, but their lengths differ ({shown})"
-    for key in ("r_s", "r_t"):
-        for j, value in enumerate(getattr(record, key)):
-            if math.isnan(value):
-                return f"{key}[{j}] is NaN; judge scores must lie in [0, 1]"
-            if not 0.0 <= value <= 1.0:
-                return f"{key}[{j}] = {value!r} is outside [0, 1]; judge scores must lie in [0, 1]"
-    for j, value in enumerate(record.weights or ()):
-        if not (math.isfinite(value) and value >= 0.0):
-            return f"weights[{j}] = {value!r}; weights must be finite and non-negative"
-    return None
+def record_error(exc: ValidationError) -> str:
+    """A :class:`ScoreRecord` validation error as one line: the field path (``r_s.3``) and what is wrong."""
+    path, message = first_error(exc, ScoreRecord)
+    return f"{path}: {message}" if path else message
 
 
 def records_from_batch(
@@ -177,18 +123,17 @@ def records_from_batch(
     for key, tensor in tensors.items():
         if tensor.shape != mask.shape:
             raise VcrdError(f"records_from_batch: {key} has shape {tuple(tensor.shape)}, expected {tuple(mask.shape)}")
-    stream = Stream(stream)
     out = []
     for row, ident in enumerate(ids):
         keep = mask[row]
         out.append(
             ScoreRecord(
-                id=ident,
-                stream=stream,
-                r_s=tuple(r_s[row][keep].double().tolist()),
-                r_t=tuple(r_t[row][keep].double().tolist()),
-                same_token=tuple(bool(v) for v in same_token[row][keep].tolist()),
-                weights=None if weights is None else tuple(weights[row][keep].double().tolist()),
+                ident,
+                stream,
+                r_s[row][keep].double().tolist(),
+                r_t[row][keep].double().tolist(),
+                same_token[row][keep].bool().tolist(),
+                None if weights is None else weights[row][keep].double().tolist(),
             )
         )
     return out
@@ -206,9 +151,7 @@ def write_records(path: str | os.PathLike[str], records: Iterable[ScoreRecord]) 
     count = 0
     with atomic_writer(target) as fh:
         for record in records:
-            if not isinstance(record, ScoreRecord):
-                raise VcrdError(f"write_records expects ScoreRecord objects, got {type(record).__name__}")
-            fh.write(json.dumps(record.to_dict(), allow_nan=False, separators=(",", ":")) + "\n")
+            fh.write(record.model_dump_json(exclude_none=True) + "\n")
             count += 1
     return count
 
@@ -234,13 +177,9 @@ def read_records(path: str | os.PathLike[str]) -> list[ScoreRecord]:
                     continue
                 where = f"{source}:{lineno}"
                 try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise VcrdError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
-                try:
-                    record = ScoreRecord.from_dict(obj)
-                except VcrdError as exc:
-                    raise VcrdError(f"{where}: {exc}") from None
+                    record = ScoreRecord.model_validate_json(line.rstrip("\r\n"))
+                except ValidationError as exc:
+                    raise VcrdError(f"{where}: {record_error(exc)}") from None
                 key = (record.id, record.stream)
                 if key in seen:
                     raise VcrdError(

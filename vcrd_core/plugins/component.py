@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+from vcrd_core.config.validation import join_path
+from vcrd_core.errors import PluginError
 
 
 class Component:
@@ -37,6 +41,18 @@ class ComponentSpec(BaseModel):
     Each kind's subclass (:data:`vcrd_core.plugins.kinds.KINDS`, e.g. ``WeightingSpec``) fixes ``kind``,
     so that a spec nested inside another component's params (``clamp``'s ``inner``) is validated, in
     the second phase, against the right registry.
+
+    **Nested components.** A component whose ``Params`` hold a spec (``inner: vcrd_core.WeightingSpec``)
+    gets it built for it: :func:`vcrd_core.create` validates the outer params, then builds every spec
+    found in them depth-first, each exactly once and with its YAML path in any error
+    (``weighting.params.inner.params.eps``), and only then constructs the outer component. Its
+    constructor takes the built instance from :attr:`built` (constructing nothing again)::
+
+        def __init__(self, params: Params) -> None:
+            super().__init__(params)
+            self.inner = self.params.inner.built
+
+    Equality compares ``name`` and ``params`` only, never the built instance.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -44,3 +60,36 @@ class ComponentSpec(BaseModel):
 
     name: str = Field(description="Registered component name (see `vcrd plugins`).")
     params: dict[str, Any] = Field(default_factory=dict, description="The component's own parameters.")
+
+    #: Set by :func:`vcrd_core.create` when it builds this (nested) spec.
+    _built: Component | None = PrivateAttr(default=None)
+
+    @property
+    def built(self) -> Component:
+        """The component :func:`vcrd_core.create` built from this spec, before the component holding it."""
+        if self._built is None:
+            raise PluginError(
+                f"{type(self).__name__} '{self.name}' was not built: create the component whose params hold it "
+                "with vcrd_core.create(kind, name, params), which builds nested components first"
+            )
+        return self._built
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ComponentSpec):
+            return NotImplemented
+        return type(self) is type(other) and all(getattr(self, f) == getattr(other, f) for f in type(self).model_fields)
+
+
+def component_specs(value: Any, path: str = "") -> Iterator[tuple[str, ComponentSpec]]:
+    """Every ``{name, params}`` block of a kind in ``value`` (a config section or a component's validated
+    params), as ``(dotted YAML path, spec)`` in field order; a spec's own ``params`` is not searched (its
+    nested specs are its component's, found in that component's validated params)."""
+    if isinstance(value, ComponentSpec):
+        if value.kind is not None:
+            yield path, value
+    elif isinstance(value, BaseModel):
+        for name, fld in type(value).model_fields.items():
+            yield from component_specs(getattr(value, name), join_path(path, fld.alias or name))
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from component_specs(item, join_path(path, i))

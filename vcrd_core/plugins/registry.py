@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from vcrd_core.config.validation import join_path, to_config_error
 from vcrd_core.errors import ConfigError, ParamError, PluginError
-from vcrd_core.plugins.component import Component, ComponentSpec
+from vcrd_core.plugins.component import Component, component_specs
 from vcrd_core.plugins.kinds import KINDS, get_kind
 from vcrd_core.plugins.manager import (
     LoadFailure,
@@ -154,39 +154,50 @@ def get_class(kind: str, name: str, *, path: str = "") -> type[Component]:
 
 
 def validate_params(cls: type[Component], params: dict[str, Any] | BaseModel | None, *, path: str = "") -> BaseModel:
-    """Second validation phase: ``params`` against ``cls.Params``, then nested component specs."""
+    """Second validation phase: ``params`` against ``cls.Params`` (a :class:`ConfigError` at ``path.params.<key>``).
+
+    Specs nested in the params are validated when :func:`create` builds them.
+    """
     if isinstance(params, cls.Params):
-        validated = params
-    else:
-        raw = params.model_dump() if isinstance(params, BaseModel) else (params or {})
-        if not isinstance(raw, dict):
-            raise ConfigError(join_path(path, "params"), f"expected a mapping (got {type(raw).__name__})")
-        try:
-            validated = cls.Params.model_validate(raw)
-        except ValidationError as exc:
-            raise to_config_error(exc, join_path(path, "params"), cls.Params) from None
-    for field in type(validated).model_fields:
-        value = getattr(validated, field)
-        specs = value if isinstance(value, list) else [value]
-        for i, spec in enumerate(specs):
-            if isinstance(spec, ComponentSpec) and spec.kind is not None:
-                where = join_path(path, "params", field, i if isinstance(value, list) else None)
-                validate_spec(spec.kind, spec, path=where)
-    return validated
+        return params
+    raw = params.model_dump() if isinstance(params, BaseModel) else (params or {})
+    try:
+        return cls.Params.model_validate(raw)
+    except ValidationError as exc:
+        raise to_config_error(exc, join_path(path, "params"), cls.Params) from None
 
 
-def validate_spec(kind: str, spec: ComponentSpec, *, path: str = "") -> Component:
-    """Both validation phases for one ``{name, params}`` block, returning the (cheap) instance."""
-    return create(kind, spec.name, spec.params, path=path)
+#: How many levels components may nest inside each other's params (``clamp`` of ``ratio`` is one level).
+#: Nesting composes rules (the paper's deepest is ``log_clamp`` of ``ratio``; ``clamp`` of ``log_clamp`` of
+#: ``ratio`` is two), so eight levels is far beyond any meaningful rule; each level costs a call per batch
+#: at run time, and a limit turns a runaway or generated config into one line naming its YAML path instead
+#: of a ``RecursionError`` deep inside pydantic or torch.
+MAX_NESTING = 8
 
 
 def create(kind: str, name: str, params: dict[str, Any] | BaseModel | None = None, *, path: str = "") -> Component:
     """A new component instance, ``params`` validated against the class's own ``Params``.
 
-    Nothing heavy happens here: no model is loaded, no path is touched.
+    Components nested in ``params`` (``clamp``'s ``inner``) are built first, depth-first, each exactly once
+    (validation is linear in the nesting depth) and kept on its spec, where the outer component's
+    constructor takes it from :attr:`~vcrd_core.ComponentSpec.built`; errors name their YAML path below
+    ``path``. More than :data:`MAX_NESTING` levels is a :class:`ConfigError`. Nothing heavy happens here:
+    no model is loaded, no path is touched.
     """
+    return _create(kind, name, params, path, 0)
+
+
+def _create(kind: str, name: str, params: dict[str, Any] | BaseModel | None, path: str, depth: int) -> Component:
+    if depth > MAX_NESTING:
+        raise ConfigError(
+            path,
+            f"components nested more than {MAX_NESTING} levels deep (a component in another's params is one "
+            "level); flatten the rule",
+        )
     cls = get_class(kind, name, path=path)
     validated = validate_params(cls, params, path=path)
+    for where, spec in component_specs(validated, join_path(path, "params")):
+        spec._built = _create(spec.kind, spec.name, spec.params, where, depth + 1)  # type: ignore[arg-type]
     try:
         return cls(validated)
     except ParamError as exc:

@@ -20,8 +20,8 @@ import vcrd_core
 
 
 def _build(spec: vcrd_core.WeightingSpec) -> vcrd_core.WeightingRule:
-    """A nested rule, through the public registry (its params were validated with their YAML path)."""
-    rule = vcrd_core.create(vcrd_core.WEIGHTING, spec.name, spec.params)
+    """The nested rule: the instance :func:`vcrd_core.create` built (once, with its YAML path) before this one."""
+    rule = spec.built
     assert isinstance(rule, vcrd_core.WeightingRule)
     return rule
 

@@ -308,3 +308,21 @@ def test_extends_of_a_directory_names_the_extends_line(write_config, tmp_path: P
     path = write_config({"extends": "adir", **MINIMAL_CONFIG})
     with pytest.raises(ConfigError, match=r"run.yaml:1, extends: base 'adir' is not a file"):
         load_config(path)
+
+
+def test_components_nested_beyond_the_limit_are_one_error_naming_the_yaml_path(write_config) -> None:
+    from vcrd_core.plugins.registry import MAX_NESTING
+
+    spec: dict[str, Any] = {"name": "ratio"}
+    for _ in range(MAX_NESTING + 1):  # MAX_NESTING clamps around ratio validate (tests/core/config/test_config_loading)
+        spec = {"name": "clamp", "params": {"inner": spec}}
+    path = write_config(with_(weighting=spec))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    too_deep = "weighting" + ".params.inner" * (MAX_NESTING + 1)
+    assert info.value.path == too_deep
+    line = path.read_text().splitlines().index(" " * 4 * (MAX_NESTING + 1) + "inner:") + 1  # the innermost `inner:`
+    assert str(info.value) == (
+        f"{path}:{line}, {too_deep}: components nested more than 8 levels deep (a component in another's params "
+        "is one level); flatten the rule"
+    )

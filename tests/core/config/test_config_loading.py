@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+from typing import Any, ClassVar
 
 import jsonschema
 import pytest
+import torch
 import yaml
+from pydantic import BaseModel, ConfigDict
 
+import vcrd_core
 from tests.conftest import MINIMAL_CONFIG, ROOT, run_vcrd
-from vcrd_core.config.loader import load_config, resolved_dict, validate_components
+from vcrd_core.config.loader import iter_components, load_config, resolved_dict, validate_components
 from vcrd_core.config.schema import config_schema
 
 EXAMPLES = ROOT / "examples" / "configs"
@@ -212,3 +217,129 @@ def test_nested_components_are_resolved_and_recorded(write_config) -> None:
     providers = component_providers(config)
     assert providers["weighting.params.inner"]["name"] == "log_clamp"
     assert providers["weighting.params.inner.params.inner"]["plugin"] == "vcrd-weighting"
+
+
+class CountedLeaf(vcrd_core.WeightingRule):
+    """w = r_s; counts its constructions (test rule)."""
+
+    name: ClassVar[str] = "test_counted_leaf"
+    built: ClassVar[int] = 0
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+    def __init__(self, params: BaseModel | None = None) -> None:
+        super().__init__(params)
+        type(self).built += 1
+
+    def weight(self, r_student: torch.Tensor, r_teacher: torch.Tensor) -> torch.Tensor:
+        return r_student.clone()
+
+
+class CountedWrap(vcrd_core.WeightingRule):
+    """A third-party rule around an inner one, taking the built inner rule as the docs say (test rule)."""
+
+    name: ClassVar[str] = "test_counted_wrap"
+    built: ClassVar[int] = 0
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        inner: vcrd_core.WeightingSpec
+
+    def __init__(self, params: BaseModel) -> None:
+        super().__init__(params)
+        type(self).built += 1
+        self.inner = self.params.inner.built
+
+    def weight(self, r_student: torch.Tensor, r_teacher: torch.Tensor) -> torch.Tensor:
+        return self.inner.weight(r_student, r_teacher)
+
+
+class CountedRules:
+    @vcrd_core.hookimpl
+    def vcrd_register_weighting(self) -> list[type]:
+        return [CountedLeaf, CountedWrap]
+
+
+def clamps(depth: int, leaf: dict[str, Any]) -> dict[str, Any]:
+    """``depth`` clamps nested around ``leaf``."""
+    spec = leaf
+    for _ in range(depth):
+        spec = {"name": "clamp", "params": {"inner": spec}}
+    return spec
+
+
+@pytest.fixture
+def counted(register_plugin) -> type:
+    register_plugin(CountedRules(), "counted-rules")
+    CountedLeaf.built = CountedWrap.built = 0
+    return CountedLeaf
+
+
+def test_each_nested_component_is_built_exactly_once_per_load(write_config, counted) -> None:
+    inner = {"name": "test_counted_wrap", "params": {"inner": clamps(1, {"name": "test_counted_leaf"})}}
+    data = {**MINIMAL_CONFIG, "weighting": {"name": "clamp", "params": {"inner": inner, "max": 2}}}
+    path = write_config(data)
+    config = load_config(path)
+    assert (CountedWrap.built, CountedLeaf.built) == (1, 1)
+    instances = iter_components(config)  # a second pass builds each once more, nested ones included
+    assert (CountedWrap.built, CountedLeaf.built) == (2, 2)
+    by_path = dict(instances)
+    nested = "weighting.params.inner"
+    assert [p for p, _ in instances if p.startswith("weighting")] == [
+        "weighting",
+        nested,
+        f"{nested}.params.inner",
+        f"{nested}.params.inner.params.inner",
+    ]
+    # each outer component holds the very instance listed at its inner path
+    assert by_path["weighting"].inner is by_path[nested]
+    assert by_path[nested].inner is by_path[f"{nested}.params.inner"]
+    assert by_path[f"{nested}.params.inner"].inner is by_path[f"{nested}.params.inner.params.inner"]
+    assert isinstance(by_path[f"{nested}.params.inner.params.inner"], CountedLeaf)
+
+
+def test_a_chain_of_eight_nested_clamps_validates_in_linear_time(write_config, counted) -> None:
+    path = write_config({**MINIMAL_CONFIG, "weighting": clamps(8, {"name": "test_counted_leaf"})})
+    start = time.perf_counter()
+    config = load_config(path)
+    elapsed = time.perf_counter() - start
+    assert CountedLeaf.built == 1  # each level used to build everything below it twice: 2**8 leaves
+    assert elapsed < 1.0, f"8 nested clamps took {elapsed:.2f} s to validate"
+    rule = validate_components(config)["weighting"]
+    assert rule.weight(torch.tensor([0.25]), torch.tensor([0.5])).tolist() == [0.25]
+    leaf = "weighting" + ".params.inner" * 8
+    assert resolved_dict(config)["weighting"]["params"]["inner"]["params"]["min"] == 0.0
+    paths = [p for p, _ in iter_components(config) if p.startswith("weighting")]
+    assert paths == ["weighting" + ".params.inner" * i for i in range(9)] and paths[-1] == leaf
+
+
+def test_one_walker_follows_a_dotted_path_through_the_config_models() -> None:
+    from vcrd_core.config.models import ObjectiveConfig, RunConfig, StreamConfig
+    from vcrd_core.config.validation import walk_model
+    from vcrd_core.plugins.kinds import DivergenceSpec, EvaluatorSpec
+
+    steps = list(walk_model(RunConfig, "objective.teacher_prefix.divergence.params.alpha".split("."), defaults=True))
+    assert [(s.owner, s.name) for s in steps[:3]] == [
+        (RunConfig, "objective"),
+        (ObjectiveConfig, "teacher_prefix"),
+        (StreamConfig, "divergence"),
+    ]
+    assert steps[2].model is DivergenceSpec and steps[2].default == DivergenceSpec(name="skl")  # from the defaults
+    assert steps[3].model is None and steps[4].owner is None  # a component's own params: below every model
+    lam = list(walk_model(RunConfig, ["objective", "student_prefix", "lambda"], defaults=True))[-1]
+    assert (lam.name, lam.default) == ("lam", 1.0)  # the YAML alias names the field
+    index = list(walk_model(RunConfig, ["evaluation", "evaluators", "0", "name"]))
+    assert index[2].is_index and index[2].model is EvaluatorSpec and index[3].owner is EvaluatorSpec
+    unknown = list(walk_model(RunConfig, ["training", "lr", "x"]))
+    assert unknown[1].name is None and unknown[1].owner is not None and unknown[2].owner is None
+
+
+def test_a_nested_spec_is_built_by_create_even_from_params_built_by_hand() -> None:
+    clamp_cls = vcrd_core.plugins.registry.get_class(vcrd_core.WEIGHTING, "clamp")
+    params = clamp_cls.Params(inner={"name": "ratio", "params": {"eps": 0.5}}, max=1)
+    with pytest.raises(vcrd_core.PluginError, match=r"WeightingSpec 'ratio' was not built: create the component"):
+        params.inner.built  # noqa: B018
+    rule = vcrd_core.create(vcrd_core.WEIGHTING, "clamp", params)
+    assert rule.inner is params.inner.built and rule.inner.params.eps == 0.5
+    assert params.inner == vcrd_core.WeightingSpec(name="ratio", params={"eps": 0.5})  # built or not
