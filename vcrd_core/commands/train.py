@@ -5,19 +5,17 @@ from __future__ import annotations
 import argparse
 
 from vcrd_core.config.loader import load_config
+from vcrd_core.training.run import run_train
+from vcrd_core.training.sft import run_sft
 
 
 def _train(args: argparse.Namespace) -> int:
-    from vcrd_core.training.run import run_train
-
     summary = run_train(load_config(args.file, args.set), resume=args.resume, merge=args.merge)
     print(f"trained {summary['global_step']} steps; adapter in {summary['final_dir']}")
     return 0
 
 
 def _sft(args: argparse.Namespace) -> int:
-    from vcrd_core.training.sft import run_sft
-
     config = load_config(args.file, args.set)
     summary = run_sft(config, role=args.model, from_scratch=args.from_scratch, resume=args.resume, merge=args.merge)
     print(f"fine-tuned {args.model} for {summary['global_step']} steps; model in {summary['final_dir']}")

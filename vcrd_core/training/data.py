@@ -26,6 +26,7 @@ import torch
 
 from vcrd_core.decision_points import Stream
 from vcrd_core.errors import ConfigError, VcrdError
+from vcrd_core.rollouts.store import RolloutStore
 
 #: The rollout role whose sequences each stream trains on, and the key prefix of its tensors in a batch.
 STREAM_ROLE: dict[str, str] = {Stream.TEACHER_PREFIX.value: "teacher", Stream.STUDENT_PREFIX.value: "student"}
@@ -155,8 +156,6 @@ def pad_sequences(seqs: Sequence[RolloutSequence], pad_token_id: int, key: str =
 def rows_from_store(store: str | Path, roles: Sequence[str], *, need_weights: Sequence[str] = ()) -> list[dict]:
     """The rows of ``roles`` in the rollout store at ``store``; a store whose rows of a role in ``need_weights``
     have no weights (not scored) is refused with one line (offline mode, before any model is loaded)."""
-    from vcrd_core.rollouts.store import RolloutStore  # the rollout stage's module
-
     st = RolloutStore(store)
     if not Path(store).is_dir():
         raise ConfigError("rollouts.store", f"rollout store '{store}' does not exist; run `vcrd rollouts CONFIG` first")
