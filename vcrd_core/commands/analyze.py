@@ -1,6 +1,7 @@
 """``vcrd analyze``: validity statistics of scored rollouts and a Fig.-1-like histogram.
 
-Reads a score-records file (:mod:`vcrd_core.judging.score_records`), prints per stream the shares of
+Reads a rollout store scored by ``vcrd score`` (:class:`vcrd_core.rollouts.store.RolloutStore`) or a
+score-records file (:mod:`vcrd_core.judging.score_records`), prints per stream the shares of
 attenuation / parity / amplification points, the share with ``r_s ≥ r_t`` and the ratio quantiles,
 and writes ``validity_stats.json`` and ``validity_hist.png`` (:mod:`vcrd_core.judging.analysis`).
 """
@@ -22,6 +23,7 @@ from vcrd_core.judging.analysis import (
     validity_stats,
 )
 from vcrd_core.judging.score_records import read_records
+from vcrd_core.rollouts.store import MANIFEST, RolloutStore
 
 
 def _percent(value: float | None) -> str:
@@ -71,10 +73,19 @@ def _print_table(stats: ValidityStats, source: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     source = Path(args.scores)
     tol = check_parity_tol(args.parity_tol)
-    records = read_records(source)
-    if not records:
-        raise VcrdError(f"{source}: no score records in the file (expected one JSON object per line)")
-    out_dir = Path(args.out) if args.out is not None else source.resolve().parent
+    if source.is_dir():
+        if not (source / MANIFEST).is_file():
+            raise VcrdError(f"{source}: not a rollout store (no {MANIFEST}); pass a store or a score-records file")
+        records = RolloutStore(source).score_records()
+        if not records:
+            raise VcrdError(f"{source}: the rollout store has no scores yet; run `vcrd score` first")
+        default_out = source
+    else:
+        records = read_records(source)
+        if not records:
+            raise VcrdError(f"{source}: no score records in the file (expected one JSON object per line)")
+        default_out = source.resolve().parent
+    out_dir = Path(args.out) if args.out is not None else default_out
     if out_dir.exists() and not out_dir.is_dir():
         raise VcrdError(f"--out {out_dir}: exists and is not a directory")
     try:
@@ -101,11 +112,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "analyze",
         help="validity statistics of scored rollouts (attenuation / parity / amplification) and a histogram",
-        description="Read a score-records JSON Lines file and report, per stream, how often the validity ratio "
-        "r_s/(r_t+1e-8) attenuates, keeps parity or amplifies, the share with r_s >= r_t (the paper's Fig. 1) and "
+        description="Read a rollout store scored by `vcrd score` (or a score-records JSON Lines file) and report, "
+        "per stream, how often the validity ratio r_s/(r_t+1e-8) attenuates, keeps parity or amplifies, the share "
+        "with r_s >= r_t (the paper's Fig. 1) and "
         f"ratio quantiles. Writes {STATS_FILE} and {HISTOGRAM_FILE}.",
     )
-    parser.add_argument("scores", metavar="SCORES.jsonl", help="score records (one JSON object per line)")
+    parser.add_argument(
+        "scores",
+        metavar="STORE|SCORES.jsonl",
+        help="a scored rollout store, or score records (one JSON object per line)",
+    )
     parser.add_argument("--out", metavar="DIR", default=None, help="output directory (default: next to the input)")
     parser.add_argument(
         "--parity-tol",

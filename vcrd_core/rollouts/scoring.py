@@ -25,6 +25,7 @@ from rich.console import Console
 from vcrd_core.config.models import RunConfig
 from vcrd_core.decision_points import DecisionPoints, Stream
 from vcrd_core.errors import VcrdError
+from vcrd_core.judging.analysis import HISTOGRAM_FILE, plot_validity_histogram, validity_stats
 from vcrd_core.judging.judge import Judge, JudgeContext
 from vcrd_core.judging.scoring import ScoredBatch, score_batch
 from vcrd_core.losses.weighting import WeightingRule
@@ -259,5 +260,11 @@ def score_store(
         rows = table.filter(pc.equal(table["role"], role))
         weights = np.array([w for ws in rows["weights"].to_pylist() if ws for w in ws], dtype=np.float64)
         summary["streams"][setup.stream.value] = _shares(weights) | {"rule": setup.rule.name}
+    records = store.score_records()
+    if records:  # the Fig. 1 view of what was just scored, beside the store (as `vcrd analyze STORE` writes it)
+        stats = validity_stats(records)
+        summary["validity"] = stats.to_dict()
+        plot_validity_histogram(records, store.root / HISTOGRAM_FILE, title=f"Local validity — {store.root.name}")
+        summary["histogram"] = HISTOGRAM_FILE
     atomic_write_text(store.root / "score-summary.json", json.dumps(summary, indent=2) + "\n")
     return summary

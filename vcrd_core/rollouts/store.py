@@ -39,13 +39,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from vcrd_core import __version__
+from vcrd_core.decision_points import Stream
 from vcrd_core.errors import VcrdError
+from vcrd_core.judging.score_records import ScoreRecord
 from vcrd_core.runs.atomic import atomic_write_text
 
 FORMAT = "vcrd-rollouts"
 FORMAT_VERSION = 1
 ROLES = ("teacher", "student")
 SCORE_COLUMNS = ("proposals", "same_token", "r_s", "r_t", "weights")
+MANIFEST = "manifest.json"
 
 SCHEMA = pa.schema(
     [
@@ -150,7 +153,7 @@ class RolloutStore:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.data = self.root / "data"
-        self.manifest_path = self.root / "manifest.json"
+        self.manifest_path = self.root / MANIFEST
 
     # -- manifest ---------------------------------------------------------------------------------------
     def manifest(self) -> dict[str, Any]:
@@ -255,6 +258,23 @@ class RolloutStore:
             [("_role_order", "ascending"), ("prompt_index", "ascending"), ("sample_index", "ascending")]
         )
         return keyed.drop_columns(["_role_order"])
+
+    def score_records(self) -> list[ScoreRecord]:
+        """The scored rows as :class:`ScoreRecord` (one per rollout: id ``<role>-<prompt>/s<sample>``, the
+        stream its role's rollouts feed), what ``vcrd analyze`` reads; unscored rows are left out. Where the
+        judge's ``r_t`` scores no teacher token (``same_token`` null), no point is marked same-token."""
+        table = self.read()
+        records = []
+        for row in table.select(
+            ["role", "prompt_index", "sample_index", "r_s", "r_t", "same_token", "weights"]
+        ).to_pylist():
+            if row["r_s"] is None:
+                continue
+            stream = Stream.TEACHER_PREFIX if row["role"] == "teacher" else Stream.STUDENT_PREFIX
+            same = row["same_token"] if row["same_token"] is not None else [False] * len(row["r_s"])
+            ident = f"{row['role']}-{row['prompt_index']}/s{row['sample_index']}"
+            records.append(ScoreRecord(ident, stream, row["r_s"], row["r_t"], same, row["weights"]))
+        return records
 
     def check_complete(self) -> None:
         missing = self.missing()

@@ -114,3 +114,24 @@ def test_score_refuses_incomplete_store(tmp_path: Path, scored: tuple[Path, Any,
     cfg = config.model_copy(update={"rollouts": config.rollouts.model_copy(update={"store": str(tmp_path / "no")})})
     with pytest.raises(VcrdError, match="not a rollout store"):
         score_store(cfg)
+
+
+def test_the_scored_store_is_what_analyze_reads(scored: tuple[Path, Any, dict[str, Any]], capsys) -> None:
+    root, _, summary = scored
+    store = root / "out" / "rollouts"
+    assert summary["histogram"] == "validity_hist.png" and (store / "validity_hist.png").stat().st_size > 0
+    records = RolloutStore(store).score_records()
+    assert len(records) == 20
+    assert {r.stream for r in records} == {Stream.TEACHER_PREFIX, Stream.STUDENT_PREFIX}
+    table = RolloutStore(store).read().to_pylist()
+    first = next(r for r in records if r.id == f"teacher-{table[0]['prompt_index']}/s{table[0]['sample_index']}")
+    assert list(first.r_s) == pytest.approx(table[0]["r_s"]) and list(first.weights) == pytest.approx(
+        table[0]["weights"]
+    )
+    out = root / "analysis"
+    assert main(["analyze", str(store), "--out", str(out), "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["streams"]["teacher_prefix"]["n_records"] == 10
+    assert stats["streams"]["all"]["n_points"] == sum(len(r.r_s) for r in records)
+    assert summary["validity"]["streams"]["all"]["n_points"] == stats["streams"]["all"]["n_points"]
+    assert (out / "validity_hist.png").is_file()
