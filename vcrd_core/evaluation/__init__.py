@@ -1,0 +1,1 @@
+"""Evaluation: the evaluator interface (the ``evaluators`` kind), the runner and ``vcrd eval``."""
