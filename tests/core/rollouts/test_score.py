@@ -135,3 +135,61 @@ def test_the_scored_store_is_what_analyze_reads(scored: tuple[Path, Any, dict[st
     assert stats["streams"]["all"]["n_points"] == sum(len(r.r_s) for r in records)
     assert summary["validity"]["streams"]["all"]["n_points"] == stats["streams"]["all"]["n_points"]
     assert (out / "validity_hist.png").is_file()
+
+
+@pytest.mark.slow
+def test_stored_prm_scores_equal_direct_recomputation(tmp_path: Path) -> None:
+    """prm_value_head in both streams, greedy proposals: every stored proposal, score and weight equals
+    score_batch on that rollout alone (tree scoring, the judge's own prompt format, one row at a time)."""
+    from tests.plugins.judges.test_prm import CHARS, SPECIALS, make_tokenizer, write_checkpoint
+
+    prm = write_checkpoint(tmp_path / "prm", "value_head")
+    policy = [*SPECIALS, *CHARS]
+    for name, seed, hidden in (("teacher", 0, 128), ("student", 1, 64)):
+        save_tiny_model(tmp_path / name, seed=seed, hidden_size=hidden, vocab_size=len(policy))
+        make_tokenizer(policy).save_pretrained(tmp_path / name)  # the PRM's vocabulary minus <extra_0>
+    write_jsonl(tmp_path / "p.jsonl", [{"question": f"{i}+{i}="} for i in range(3)])
+    cfg = {
+        "seed": 3,
+        "models": {
+            "teacher": {"path": str(tmp_path / "teacher"), "dtype": "float32"},
+            "student": {"path": str(tmp_path / "student"), "dtype": "float32"},
+        },
+        "data": {"train": str(tmp_path / "p.jsonl"), "prompt_field": "question", "template": "plain"},
+        "rollouts": {"generator": {"name": "hf"}, "max_new_tokens": 6, "chunk_size": 2},
+        "proposals": {"teacher": "greedy", "student": "greedy"},
+        "judge": {"name": "prm_value_head", "params": {"path": str(prm), "branch_suffix": "\n"}},
+        "weighting": {"name": "ratio"},
+        "output": {"dir": str(tmp_path / "out")},
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    config = load_config(tmp_path / "run.yaml")
+    generate_rollouts(config)
+    score_store(config, batch_size=2)
+
+    tok = load_tokenizer(str(tmp_path / "student"), "x")
+    teacher = AutoModelForCausalLM.from_pretrained(tmp_path / "teacher").eval()
+    student = AutoModelForCausalLM.from_pretrained(tmp_path / "student").eval()
+    judge = create("judges", "prm_value_head", {"path": str(prm), "branch_suffix": "\n"})
+    judge.load(JudgeContext(tokenizer=tok, vocab_size=len(tok)))
+    rule = create("weighting", "ratio", {})
+    table = RolloutStore(tmp_path / "out" / "rollouts").read()
+    assert table.num_rows == 6 and table["weights"].null_count == 0
+    for row in table.to_pylist():
+        stream = Stream.TEACHER_PREFIX if row["role"] == "teacher" else Stream.STUDENT_PREFIX
+        p, y = row["prompt_token_ids"], row["response_token_ids"]
+        ids = torch.tensor([p + y])
+        attn = torch.ones_like(ids)
+        resp = torch.zeros_like(ids, dtype=torch.bool)
+        resp[0, len(p) :] = True
+        points = DecisionPoints.from_masks(attn, resp)
+        with torch.no_grad():
+            t_logits, s_logits = teacher(ids).logits, student(ids).logits
+        direct = score_batch(stream, ids, attn, points, t_logits, s_logits, judge, rule, proposal="greedy",
+                             vocab_size=len(tok), prompt_lengths=torch.tensor([len(p)]))  # fmt: skip
+        span = slice(len(p), len(p) + len(y))
+        assert row["proposals"] == direct.proposals[0, span].tolist()
+        assert row["same_token"] == direct.same_token[0, span].tolist()
+        for key in ("r_s", "r_t", "weights"):
+            expected = getattr(direct, key)[0, span].float()
+            torch.testing.assert_close(torch.tensor(row[key]), expected, atol=1e-5, rtol=1e-4, msg=key)
