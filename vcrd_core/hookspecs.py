@@ -33,7 +33,7 @@ def vcrd_register_evaluators() -> list[type]:
 
 @hookspec
 def vcrd_register_generators() -> list[type]:
-    """Return rollout-generator classes (subclasses of :class:`vcrd_core.Component`)."""
+    """Return rollout-generator classes (subclasses of :class:`vcrd_core.rollouts.generator.Generator`)."""
 
 
 @hookspec
