@@ -16,7 +16,7 @@ from vcrd_core import __version__
 from vcrd_core.errors import VcrdError
 
 #: Subcommand modules in ``vcrd --help`` order.
-COMMANDS: tuple[str, ...] = ("plugins", "config", "rollouts", "score", "train", "eval", "analyze")
+COMMANDS: tuple[str, ...] = ("plugins", "config", "rollouts", "score", "train", "eval", "analyze", "grid")
 
 
 def build_parser() -> argparse.ArgumentParser:

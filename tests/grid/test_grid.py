@@ -1,0 +1,212 @@
+"""``vcrd grid``: cells validated before anything runs, resumption after a real signal, atomic results,
+shards, submitit's local executor, and the results table (mean ± std, best in bold, paired differences)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, VENV_BIN, run_vcrd
+from vcrd_core.errors import VcrdError
+from vcrd_core.grid.results import markdown, summarize
+from vcrd_core.grid.spec import load_grid, validate_cells
+
+HERE = Path(__file__).resolve().parent
+BASE = {
+    "models": {"teacher": {"path": "/models/teacher"}, "student": {"path": "/models/student"}},
+    "data": {"train": "/data/train.jsonl"},
+    "judge": {"name": "oracle"},
+}
+
+
+def _grid(tmp_path: Path, weightings: list[Any], seeds: list[int], **extra: Any) -> Path:
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(BASE))
+    grid = {
+        "base": "base.yaml",
+        "axes": {"weighting": weightings},
+        "seeds": seeds,
+        "stages": ["grid_stages:metric"],
+        "output": str(tmp_path / "out"),
+        "primary": "accuracy",
+        "minimize": ["loss"],
+        **extra,
+    }
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid, sort_keys=False))
+    return path
+
+
+def _env(tmp_path: Path, sleep: float = 0.0) -> dict[str, str]:
+    return {
+        "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT)]),
+        "GRID_LOG": str(tmp_path / "ran.log"),
+        "GRID_SLEEP": str(sleep),
+        "OMP_NUM_THREADS": "1",
+    }
+
+
+def _ran(tmp_path: Path) -> list[str]:
+    log = tmp_path / "ran.log"
+    return log.read_text().split() if log.is_file() else []
+
+
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_one_invalid_cell_refuses_the_grid_before_any_cell_runs(tmp_path: Path) -> None:
+    grid = _grid(tmp_path, [{"name": "ratio"}, {"name": "clamp", "params": {"max": -1}}, {"name": "constant"}], [0])
+    result = run_vcrd("grid", str(grid), env=_env(tmp_path))
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert "grid cell 1-clamp" in lines[0] and "weighting.params" in lines[0]
+    assert _ran(tmp_path) == [] and not (tmp_path / "out" / "cells").exists()
+
+
+def test_unknown_stage_and_bad_grid_file_are_refused(tmp_path: Path) -> None:
+    grid = _grid(tmp_path, [{"name": "ratio"}], [0], stages=["nosuchmodule:f"])
+    with pytest.raises(VcrdError, match="grid stage 'nosuchmodule:f': cannot import it"):
+        validate_cells(load_grid(grid))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"base": "base.yaml", "zip": [{"weighting": [{"name": "ratio"}], "seed": []}]}))
+    with pytest.raises(VcrdError, match="zip group 0"):
+        load_grid(bad)
+
+
+def test_interrupted_grid_reruns_only_missing_cells_and_results_csv_is_never_half_written(tmp_path: Path) -> None:
+    grid = _grid(tmp_path, [{"name": "ratio"}, {"name": "constant"}, {"name": "student_only"}], [0, 1, 2])
+    exe = str(VENV_BIN / "vcrd")
+    env = {**os.environ, **_env(tmp_path, sleep=0.4)}
+    proc = subprocess.Popen([exe, "grid", str(grid)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    results = tmp_path / "out" / "results.csv"
+    reads = 0
+    deadline = time.monotonic() + 120
+    try:
+        while len(list((tmp_path / "out").glob("cells/*/metrics.json"))) < 3:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+            if results.is_file():  # a reader racing the writer sees whole files only
+                rows = _csv_rows(results)
+                assert all(r["accuracy"] and r["seed"] for r in rows)
+                reads += 1
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    done = sorted(p.parent.name for p in (tmp_path / "out").glob("cells/*/metrics.json"))
+    assert 3 <= len(done) < 9 and reads > 0
+    # whole and consistent: every row a finished cell (the signal may land between a cell and the rewrite)
+    assert {r["cell"] for r in _csv_rows(results)} <= set(done) and len(_csv_rows(results)) >= len(done) - 1
+    assert not list((tmp_path / "out").glob(".*.tmp"))
+    first = _ran(tmp_path)
+    (tmp_path / "ran.log").unlink()
+
+    result = run_vcrd("grid", str(grid), env=_env(tmp_path))
+    assert result.returncode == 0, result.stderr
+    rerun = _ran(tmp_path)
+    all_cells = [c.id for c in load_grid(grid).cells]
+    assert sorted(rerun) == sorted(set(all_cells) - set(done))  # only the missing cells, the killed one included
+    assert set(first) - set(done) <= set(rerun)
+    rows = _csv_rows(results)
+    assert sorted(r["cell"] for r in rows) == sorted(all_cells)
+    assert "9 done, 0 running, 0 left" in result.stdout + result.stderr
+    assert (tmp_path / "out" / "results.png").stat().st_size > 0
+    for cell in all_cells:
+        d = tmp_path / "out" / "cells" / cell
+        assert (d / "config.yaml").is_file() and (d / "provenance.json").is_file() and not (d / "running.json").exists()
+
+
+def test_shards_split_the_cells_and_together_run_each_once(tmp_path: Path) -> None:
+    grid = _grid(tmp_path, [{"name": "ratio"}, {"name": "constant"}], [0, 1, 2])
+    exe = str(VENV_BIN / "vcrd")
+    env = {**os.environ, **_env(tmp_path)}
+    procs = [subprocess.Popen([exe, "grid", str(grid), "--shard", f"{i}/2"], env=env) for i in range(2)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    assert sorted(_ran(tmp_path)) == sorted(c.id for c in load_grid(grid).cells)
+    assert len(_csv_rows(tmp_path / "out" / "results.csv")) == 6
+
+
+@pytest.mark.slow
+def test_grid_through_submitits_local_executor(tmp_path: Path) -> None:
+    pytest.importorskip("submitit")
+    grid = _grid(tmp_path, [{"name": "ratio"}, {"name": "constant"}], [0])
+    result = run_vcrd("grid", str(grid), "--executor", "submitit", "--cluster", "local", env=_env(tmp_path))
+    assert result.returncode == 0, result.stderr
+    rows = _csv_rows(tmp_path / "out" / "results.csv")
+    assert sorted(r["label"] for r in rows) == ["constant", "ratio"]
+    assert {r["accuracy"] for r in rows} == {"0.6", "0.5"}
+    assert list((tmp_path / "out" / "submitit").glob("*_result.pkl"))  # the jobs really went through submitit
+    assert "2 done, 0 running, 0 left" in result.stderr
+
+
+@pytest.fixture
+def stages_importable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(HERE))
+
+
+@pytest.mark.usefixtures("stages_importable")
+def test_results_table_mean_std_best_in_bold_and_paired_difference(tmp_path: Path) -> None:
+    grid_file = _grid(tmp_path, [{"name": "ratio"}, {"name": "constant"}], [0, 1], baseline="constant")
+    grid = validate_cells(load_grid(grid_file))
+    records = [
+        {"label": c.label, "seed": c.seed, "metrics": {"accuracy": acc, "loss": loss}}
+        for c, acc, loss in zip(grid.cells, [0.6, 0.8, 0.5, 0.6], [0.2, 0.4, 0.1, 0.1], strict=True)
+    ]
+    summary = summarize(grid, records)
+    assert summary.stat("ratio", "accuracy") == pytest.approx((0.7, 0.1414213, 2))
+    assert summary.paired("ratio") == pytest.approx((0.15, 0.0707107, 2))  # (0.1, 0.2) per seed
+    md = markdown(summary)
+    assert "| ratio | 2 | **0.7 ± 0.14** | 0.3 ± 0.14 | +0.15 ± 0.071 |" in md
+    assert "| constant | 2 | 0.55 ± 0.071 | **0.1 ± 0** | baseline |" in md
+
+
+@pytest.mark.usefixtures("stages_importable")
+def test_axis_values_may_be_whole_components_and_zip_groups_vary_together(tmp_path: Path) -> None:
+    clamp = {"name": "clamp", "params": {"inner": {"name": "ratio"}, "max": 1.0}}
+    grid_file = _grid(
+        tmp_path,
+        [{"name": "ratio"}],
+        [3],
+        axes={"objective.teacher_prefix.lambda": [0.5, 1.0]},
+        zip=[
+            {
+                "labels": ["clamp", "prob"],
+                "weighting": [clamp, {"name": "ratio"}],
+                "judge": [None, {"name": "teacher_likelihood"}],
+            }
+        ],
+    )
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(BASE))
+    with pytest.raises(VcrdError, match=r"grid cell 0-0.5-clamp-s3 .*judge"):
+        validate_cells(load_grid(grid_file))  # clamp around ratio needs a judge, and zip set it to null
+    grid_file = _grid(
+        tmp_path,
+        [{"name": "ratio"}],
+        [3],
+        axes={"objective.teacher_prefix.lambda": [0.5, 1.0]},
+        zip=[
+            {
+                "labels": ["clamp", "prob"],
+                "weighting": [clamp, {"name": "ratio"}],
+                "judge": [{"name": "oracle"}, {"name": "teacher_likelihood"}],
+            }
+        ],
+    )
+    grid = validate_cells(load_grid(grid_file))
+    assert [c.label for c in grid.cells] == ["0.5, clamp", "0.5, prob", "1.0, clamp", "1.0, prob"]
+    cfg = grid.cells[0].config
+    assert cfg.weighting.name == "clamp" and cfg.seed == 3 and cfg.objective.teacher_prefix.lam == 0.5
+    assert cfg.output.dir.endswith("cells/0-0.5-clamp-s3/run")
+    assert grid.cells[3].config.judge.name == "teacher_likelihood"

@@ -1,0 +1,226 @@
+"""A grid file and its cells: a base run config, axes, zipped axes and seeds; every cell validated up front.
+
+A grid file (YAML)::
+
+    base: distill.yaml              # the run config every cell starts from (relative to this file)
+    set: {rollouts.store: runs/r}   # overrides every cell shares (dotted path -> value)
+    axes:                           # a product: every value of each axis with every value of the others
+      objective.teacher_prefix.lambda: [0.5, 1.0]
+    zip:                            # groups of axes that vary together (equal lengths), one label per entry
+      - labels: [VCRD, constant]
+        weighting: [{name: ratio}, {name: constant}]
+        judge: [{name: oracle}, null]
+    seeds: [0, 1, 2]                # each combination once per seed (the run's `seed`)
+    stages: [score, train, "my_pkg.eval:stage"]
+    output: runs/my-grid            # relative to the working directory
+    primary: accuracy               # the metric of the chart and of the baseline difference
+    minimize: []                    # metrics where lower is better (bold = best)
+    baseline: constant              # label of the combination paired per seed against every other
+    submitit: {timeout_min: 60}     # executor parameters for --executor submitit
+
+A value may be a whole ``{name, params}`` component block: it replaces the block at that path whole, exactly as
+``--set`` does. A cell is one combination of the axes and one seed; its config is the base, then ``set``, then
+its axis values, then ``seed`` and ``output.dir`` (``<output>/cells/<cell>/run``), validated in both phases
+(:func:`vcrd_core.config.loader.validate`) before any cell runs. An invalid cell refuses the whole grid, naming
+the cell and the error.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from vcrd_core.config.loader import apply_set, load_raw, validate
+from vcrd_core.config.models import RunConfig
+from vcrd_core.config.validation import first_error
+from vcrd_core.errors import VcrdError
+
+#: Stages built into ``vcrd grid`` (any other stage is ``module:function``).
+BUILTIN_STAGES = ("rollouts", "score", "train")
+
+
+class GridFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    base: str = Field(description="The run config every cell starts from (relative to the grid file).")
+    set: dict[str, Any] = Field(default_factory=dict, description="Overrides every cell shares.")
+    axes: dict[str, list[Any]] = Field(default_factory=dict, description="dotted path -> values (a product).")
+    zip: list[dict[str, list[Any]]] = Field(default_factory=list, description="Groups of axes varying together.")
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    stages: list[str] = Field(default_factory=lambda: ["train"], min_length=1)
+    output: str = "runs/grid"
+    primary: str | None = None
+    minimize: list[str] = Field(default_factory=list)
+    baseline: str | None = None
+    submitit: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("axes")
+    @classmethod
+    def _non_empty_axes(cls, axes: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for path, values in axes.items():
+            if not values:
+                raise ValueError(f"axis '{path}' has no value")
+        return axes
+
+    @field_validator("zip")
+    @classmethod
+    def _equal_lengths(cls, groups: list[dict[str, list[Any]]]) -> list[dict[str, list[Any]]]:
+        for i, group in enumerate(groups):
+            lengths = {k: len(v) for k, v in group.items()}
+            if not lengths or len(set(lengths.values())) != 1 or 0 in lengths.values():
+                raise ValueError(f"zip group {i}: its lists must be non-empty and of one length, got {lengths}")
+        return groups
+
+
+@dataclass
+class Cell:
+    """One run of the grid: a combination (``labels``, one per axis) and a seed."""
+
+    index: int
+    id: str
+    labels: dict[str, str]
+    seed: int
+    overrides: list[str]
+    dir: Path
+    config: RunConfig | None = None
+
+    @property
+    def label(self) -> str:
+        """The combination without the seed (what results group by)."""
+        return ", ".join(self.labels.values()) or "base"
+
+
+@dataclass
+class Grid:
+    file: Path
+    spec: GridFile
+    cells: list[Cell] = field(default_factory=list)
+
+    @property
+    def output(self) -> Path:
+        return Path(self.spec.output)
+
+    @property
+    def axis_names(self) -> list[str]:
+        return list(self.cells[0].labels) if self.cells else []
+
+
+def value_label(value: Any) -> str:
+    """A short label of an axis value: ``ratio``, ``clamp(inner=ratio, max=1)``, ``0.5``."""
+    if isinstance(value, dict) and "name" in value:
+        params = value.get("params") or {}
+        if not params:
+            return str(value["name"])
+        inner = ", ".join(f"{k}={value_label(v)}" for k, v in params.items())
+        return f"{value['name']}({inner})"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={value_label(v)}" for k, v in value.items())
+    return "null" if value is None else str(value)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")[:60] or "cell"
+
+
+def _assignment(path: str, value: Any) -> str:
+    return f"{path}={json.dumps(value)}"  # JSON is YAML: a whole component block stays one value
+
+
+def _combinations(spec: GridFile) -> list[tuple[dict[str, str], list[str]]]:
+    """Every combination of the axes: ``(labels, assignments)``."""
+    dims: list[list[tuple[dict[str, str], list[str]]]] = []
+    for path, values in spec.axes.items():
+        dims.append([({path: value_label(v)}, [_assignment(path, v)]) for v in values])
+    for i, group in enumerate(spec.zip):
+        labels = group.get("labels")
+        paths = [p for p in group if p != "labels"]
+        n = len(next(iter(group.values())))
+        entries = []
+        for j in range(n):
+            label = str(labels[j]) if labels else ", ".join(value_label(group[p][j]) for p in paths)
+            entries.append(({f"zip{i}": label}, [_assignment(p, group[p][j]) for p in paths]))
+        dims.append(entries)
+    combos = []
+    for parts in itertools.product(*dims) if dims else [()]:
+        labels: dict[str, str] = {}
+        assignments: list[str] = []
+        for lab, assign in parts:
+            labels |= lab
+            assignments += assign
+        combos.append((labels, assignments))
+    return combos
+
+
+def load_grid(path: str | Path) -> Grid:
+    """Read a grid file and expand its cells (not yet validated: :func:`validate_cells`)."""
+    file = Path(path)
+    if not file.is_file():
+        raise VcrdError(f"grid file '{file}' does not exist")
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise VcrdError(f"{file}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    try:
+        spec = GridFile.model_validate(data if data is not None else {})
+    except ValidationError as exc:
+        where, message = first_error(exc, GridFile)
+        raise VcrdError(f"{file}: {where}: {message}" if where else f"{file}: {message}") from None
+    base = Path(spec.base)
+    spec.base = str(base if base.is_absolute() else file.parent / base)
+    grid = Grid(file=file, spec=spec)
+    combos = _combinations(spec)
+    width = len(str(len(combos) * len(spec.seeds)))
+    seen: set[str] = set()
+    for labels, assignments in combos:
+        for seed in spec.seeds:
+            index = len(grid.cells)
+            name = f"{index:0{width}d}-{_slug(', '.join(labels.values()) or 'base')}-s{seed}"
+            if name in seen:
+                raise VcrdError(f"{file}: two cells are named '{name}'")
+            seen.add(name)
+            cell_dir = grid.output / "cells" / name
+            overrides = [_assignment(k, v) for k, v in spec.set.items()] + assignments
+            overrides += [f"seed={seed}", _assignment("output.dir", str(cell_dir / "run"))]
+            grid.cells.append(Cell(index, name, labels, seed, overrides, cell_dir))
+    return grid
+
+
+def resolve_stage(name: str) -> Callable[..., Any] | str:
+    """A built-in stage's name, or the function ``module:function`` names (imported now, so that a typo is
+    refused before any cell runs)."""
+    if name in BUILTIN_STAGES:
+        return name
+    module, _, attr = name.partition(":")
+    if not module or not attr:
+        raise VcrdError(f"grid stage '{name}': expected one of {', '.join(BUILTIN_STAGES)} or 'module:function'")
+    try:
+        func = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise VcrdError(f"grid stage '{name}': cannot import it ({exc})") from None
+    if not callable(func):
+        raise VcrdError(f"grid stage '{name}' is not callable")
+    return func
+
+
+def validate_cells(grid: Grid) -> Grid:
+    """Validate every cell's config (both phases) and every stage; the first error refuses the grid."""
+    for stage in grid.spec.stages:
+        resolve_stage(stage)
+    for cell in grid.cells:
+        try:
+            raw = load_raw(grid.spec.base)
+            for assignment in cell.overrides:
+                apply_set(raw, assignment)
+            cell.config = validate(raw)
+        except VcrdError as exc:
+            raise VcrdError(f"grid cell {cell.id} ({cell.label}, seed {cell.seed}): {exc}") from None
+    return grid
