@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from vcrd_arithmetic.char_tokenizer import build_char_tokenizer
 
 from tests.conftest import run_vcrd
 from tests.tiny_models import tiny_qwen2_config
 from vcrd_core.config.loader import load_config
 from vcrd_core.errors import ConfigError
 from vcrd_core.runs.preflight import preflight
-from vcrd_arithmetic.char_tokenizer import build_char_tokenizer
 
 
 def model_dir(root: Path, name: str, extra_tokens: list[str] | None = None) -> Path:
