@@ -108,3 +108,9 @@ def test_missing_data_file_is_one_line(tmp_path: Path) -> None:
     ev = create("evaluators", "code", {"datasets": [{"name": "mbpp", "path": str(tmp_path / "nope.jsonl")}]})
     with pytest.raises(VcrdError, match=r"^dataset 'mbpp': data file '.*nope.jsonl' does not exist$"):
         ev.load_items()
+
+
+def test_without_unshare_it_refuses_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # a PATH on which no `unshare` exists
+    with pytest.raises(VcrdError, match=r"^evaluator 'code': the `unshare` command \(util-linux\) is not installed"):
+        create("evaluators", "code", {}).check()
