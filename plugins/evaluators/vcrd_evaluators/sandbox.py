@@ -12,6 +12,9 @@ program runs in its own process tree, isolated by the kernel:
   ``/run/lock`` (the world-writable places), a throw-away working directory in that ``/tmp``; then
   rlimits (address space, processes, file size, open files, CPU time, no core files), set *before*
   dropping to uid/gid 65534 for good, so the program cannot raise them again;
+- ``RLIMIT_NPROC`` counts every process and thread of uid 65534 on the machine, so programs running at once
+  share it: a fork bomb can make a *concurrent* program's own fork or thread fail (never its start: the
+  child drops privileges without ``execve``, where the kernel would check it); it dies with its namespace;
 - a clean environment (``PATH``, ``HOME``, ``LANG`` only) and ``python -I`` (no ``PYTHON*`` variables, no user
   site, no script directory on ``sys.path``). The interpreter must be readable by uid 65534: the evaluator's
   own one when it is, else ``/usr/bin/python3`` (a pyenv Python under root's mode-700 home is not), chosen
