@@ -33,11 +33,9 @@ lint: setup
 test: setup lint
 	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -n 2 --dist loadfile -q $(PYTEST_ARGS)
 
+# The toy task end to end on CPU (cached in runs/demo: a second run reuses models, rollouts and finished cells).
 demo: setup
-	@echo "vcrd demo: not yet available (the embedded CPU demo lands with the demo issue)."
-	@echo "Meanwhile: $(VENV)/bin/vcrd plugins; $(VENV)/bin/vcrd config validate examples/configs/qwen25_math_table9.yaml"
-	$(VENV)/bin/vcrd plugins
-	$(VENV)/bin/vcrd config validate examples/configs/qwen25_math_table9.yaml
+	$(PY) -m vcrd_arithmetic.demo --out runs/demo
 
 bench: setup
 	$(PY) benchmarks/bench_chunked_loss.py

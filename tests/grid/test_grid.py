@@ -210,3 +210,14 @@ def test_axis_values_may_be_whole_components_and_zip_groups_vary_together(tmp_pa
     assert cfg.weighting.name == "clamp" and cfg.seed == 3 and cfg.objective.teacher_prefix.lam == 0.5
     assert cfg.output.dir.endswith("cells/0-0.5-clamp-s3/run")
     assert grid.cells[3].config.judge.name == "teacher_likelihood"
+
+
+@pytest.mark.parametrize(
+    "grid_file", [*sorted((ROOT / "examples" / "grids").glob("*.yaml")), ROOT / "examples" / "demo" / "grid.yaml"]
+)
+def test_example_grids_validate_every_cell(grid_file: Path) -> None:
+    grid = validate_cells(load_grid(grid_file))
+    assert len(grid.cells) >= 2
+    assert len({c.config.output.dir for c in grid.cells}) == len(grid.cells)
+    labels = {c.label for c in grid.cells}
+    assert grid.spec.baseline is None or grid.spec.baseline in labels

@@ -22,6 +22,7 @@ from typing import Any
 from rich.console import Console
 
 from vcrd_core.errors import VcrdError
+from vcrd_core.evaluation.run import flat_results, run_evaluation
 from vcrd_core.grid.results import write_results
 from vcrd_core.grid.spec import Cell, Grid, load_grid, resolve_stage, validate_cells
 from vcrd_core.rollouts.run import generate_rollouts
@@ -32,6 +33,7 @@ from vcrd_core.runs.provenance import write_run_metadata
 from vcrd_core.training.run import run_train
 
 METRICS = "metrics.json"
+_QUIET = Console(stderr=True, quiet=True)
 RUNNING = "running.json"
 
 
@@ -103,15 +105,25 @@ def _stage_rollouts(cell: Cell, config: Any) -> tuple[Any, dict[str, Any]]:
 
 
 def _stage_train(cell: Cell, config: Any) -> tuple[Any, dict[str, Any]]:
+    """``vcrd train`` (with ``--merge`` under LoRA, so that the eval stage reads whole weights)."""
     start = time.perf_counter()
-    summary = run_train(config)
+    summary = run_train(config, merge=config.training.lora.enabled)
     return config, {"train": {"final_loss": summary.get("final_loss"), "seconds": time.perf_counter() - start}}
+
+
+def _stage_eval(cell: Cell, config: Any) -> tuple[Any, dict[str, Any]]:
+    """``vcrd eval`` of the cell's trained student (``merged/`` under LoRA, else ``final/``)."""
+    run_dir = Path(config.output.dir)
+    model = run_dir / "merged" if (run_dir / "merged").is_dir() else run_dir / "final"
+    summary = run_evaluation(config, model=str(model), out_dir=str(cell.dir / "eval"), console=_QUIET)
+    return config, flat_results(summary)
 
 
 BUILTIN: dict[str, Callable[[Cell, Any], tuple[Any, dict[str, Any]]]] = {
     "rollouts": _stage_rollouts,
     "score": _stage_score,
     "train": _stage_train,
+    "eval": _stage_eval,
 }
 
 

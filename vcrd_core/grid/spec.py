@@ -11,7 +11,7 @@ A grid file (YAML)::
         weighting: [{name: ratio}, {name: constant}]
         judge: [{name: oracle}, null]
     seeds: [0, 1, 2]                # each combination once per seed (the run's `seed`)
-    stages: [score, train, "my_pkg.eval:stage"]
+    stages: [score, train, eval]    # built-in: rollouts, score, train, eval; or "module:function"
     output: runs/my-grid            # relative to the working directory
     primary: accuracy               # the metric of the chart and of the baseline difference
     minimize: []                    # metrics where lower is better (bold = best)
@@ -23,6 +23,11 @@ A value may be a whole ``{name, params}`` component block: it replaces the block
 its axis values, then ``seed`` and ``output.dir`` (``<output>/cells/<cell>/run``), validated in both phases
 (:func:`vcrd_core.config.loader.validate`) before any cell runs. An invalid cell refuses the whole grid, naming
 the cell and the error.
+
+Stages run in order in each cell: ``rollouts`` (``vcrd rollouts``), ``score`` (offline scoring into the cell's
+own copy of ``rollouts.store``, since each rule writes its own weights), ``train`` (``vcrd train``, merged
+under LoRA), ``eval`` (``vcrd eval`` of the trained student), or ``module:function`` called as
+``function(config, cell_dir) -> metrics`` (a dict of numbers, nested dicts flattened with ``/``).
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ from vcrd_core.config.validation import first_error
 from vcrd_core.errors import VcrdError
 
 #: Stages built into ``vcrd grid`` (any other stage is ``module:function``).
-BUILTIN_STAGES = ("rollouts", "score", "train")
+BUILTIN_STAGES = ("rollouts", "score", "train", "eval")
 
 
 class GridFile(BaseModel):
