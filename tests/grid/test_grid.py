@@ -170,40 +170,23 @@ def test_results_table_mean_std_best_in_bold_and_paired_difference(tmp_path: Pat
     md = markdown(summary)
     assert "| ratio | 2 | **0.7 ± 0.14** | 0.3 ± 0.14 | +0.15 ± 0.071 |" in md
     assert "| constant | 2 | 0.55 ± 0.071 | **0.1 ± 0** | baseline |" in md
+    grid.spec.columns = ["accuracy"]  # the shown metrics only; the paired difference still uses the primary
+    assert "| ratio | 2 | **0.7 ± 0.14** | +0.15 ± 0.071 |" in markdown(summarize(grid, records))
 
 
 @pytest.mark.usefixtures("stages_importable")
 def test_axis_values_may_be_whole_components_and_zip_groups_vary_together(tmp_path: Path) -> None:
     clamp = {"name": "clamp", "params": {"inner": {"name": "ratio"}, "max": 1.0}}
-    grid_file = _grid(
-        tmp_path,
-        [{"name": "ratio"}],
-        [3],
-        axes={"objective.teacher_prefix.lambda": [0.5, 1.0]},
-        zip=[
-            {
-                "labels": ["clamp", "prob"],
-                "weighting": [clamp, {"name": "ratio"}],
-                "judge": [None, {"name": "teacher_likelihood"}],
-            }
-        ],
-    )
-    (tmp_path / "base.yaml").write_text(yaml.safe_dump(BASE))
+
+    def grid_with(first_judge: Any) -> Path:
+        group = {"labels": ["clamp", "prob"], "weighting": [clamp, {"name": "ratio"}]}
+        group["judge"] = [first_judge, {"name": "teacher_likelihood"}]
+        axes = {"objective.teacher_prefix.lambda": [0.5, 1.0]}
+        return _grid(tmp_path, [{"name": "ratio"}], [3], axes=axes, zip=[group])
+
     with pytest.raises(VcrdError, match=r"grid cell 0-0.5-clamp-s3 .*judge"):
-        validate_cells(load_grid(grid_file))  # clamp around ratio needs a judge, and zip set it to null
-    grid_file = _grid(
-        tmp_path,
-        [{"name": "ratio"}],
-        [3],
-        axes={"objective.teacher_prefix.lambda": [0.5, 1.0]},
-        zip=[
-            {
-                "labels": ["clamp", "prob"],
-                "weighting": [clamp, {"name": "ratio"}],
-                "judge": [{"name": "oracle"}, {"name": "teacher_likelihood"}],
-            }
-        ],
-    )
+        validate_cells(load_grid(grid_with(None)))  # clamp around ratio needs a judge, and zip set it to null
+    grid_file = grid_with({"name": "oracle"})
     grid = validate_cells(load_grid(grid_file))
     assert [c.label for c in grid.cells] == ["0.5, clamp", "0.5, prob", "1.0, clamp", "1.0, prob"]
     cfg = grid.cells[0].config

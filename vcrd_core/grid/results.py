@@ -81,6 +81,8 @@ def summarize(grid: Grid, records: list[dict[str, Any]] | None = None) -> Summar
                 metrics.append(name)
             values[r["label"]].setdefault(name, {})[int(r["seed"])] = float(v)
     primary = grid.spec.primary or (metrics[0] if metrics else None)
+    if grid.spec.columns:
+        metrics = [m for m in grid.spec.columns if m in metrics]
     return Summary(labels, metrics, values, primary, grid.spec.baseline, list(grid.spec.minimize))
 
 

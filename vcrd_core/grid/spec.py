@@ -14,6 +14,7 @@ A grid file (YAML)::
     stages: [score, train, eval]    # built-in: rollouts, score, train, eval; or "module:function"
     output: runs/my-grid            # relative to the working directory
     primary: accuracy               # the metric of the chart and of the baseline difference
+    columns: [accuracy, valid]      # the metrics results.md and the printed table show (results.csv has all)
     minimize: []                    # metrics where lower is better (bold = best)
     baseline: constant              # label of the combination paired per seed against every other
     submitit: {timeout_min: 60}     # executor parameters for --executor submitit
@@ -64,6 +65,7 @@ class GridFile(BaseModel):
     stages: list[str] = Field(default_factory=lambda: ["train"], min_length=1)
     output: str = "runs/grid"
     primary: str | None = None
+    columns: list[str] = Field(default_factory=list, description="Metrics in results.md and the table (all: [])")
     minimize: list[str] = Field(default_factory=list)
     baseline: str | None = None
     submitit: dict[str, Any] = Field(default_factory=dict)
