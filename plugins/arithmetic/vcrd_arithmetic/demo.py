@@ -38,6 +38,7 @@ from vcrd_core.judging.score_records import ScoreRecord
 from vcrd_core.rollouts.store import RolloutStore
 from vcrd_core.runs.atomic import atomic_write_text
 
+#: The demo's configs (sft.yaml, distill.yaml, grid.yaml) in a source checkout; ``--configs`` elsewhere.
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "demo"
 #: SFT steps of batch 64 (lr 3e-3 cosine): a teacher clearly stronger than a student with room to improve.
 TEACHER_STEPS, STUDENT_STEPS = 1000, 400
@@ -83,7 +84,7 @@ def _sets(values: dict[str, Any]) -> list[str]:
     return [arg for k, v in values.items() for arg in ("--set", f"{k}={json.dumps(v)}")]
 
 
-def train_models(out: Path, console: Console, teacher_steps: int, student_steps: int) -> None:
+def train_models(out: Path, configs: Path, console: Console, teacher_steps: int, student_steps: int) -> None:
     todo = [
         (r, s)
         for r, s in (("teacher", teacher_steps), ("student", student_steps))
@@ -102,7 +103,7 @@ def train_models(out: Path, console: Console, teacher_steps: int, student_steps:
     commands, logs = [], []
     for role, steps in todo:
         extra = {"output.dir": str(out / f"{role}-sft"), "output.overwrite": True, "training.max_steps": steps}
-        cmd = _vcrd("sft", str(EXAMPLES / "sft.yaml"), "--model", role, "--from-scratch", *_sets(common | extra))
+        cmd = _vcrd("sft", str(configs / "sft.yaml"), "--model", role, "--from-scratch", *_sets(common | extra))
         commands.append(cmd)
         logs.append(out / "logs" / f"sft-{role}.log")
     start = time.perf_counter()
@@ -124,7 +125,7 @@ def baselines(out: Path, console: Console) -> dict[str, Any]:
     return found
 
 
-def rollouts(out: Path, console: Console) -> None:
+def rollouts(out: Path, configs: Path, console: Console) -> None:
     if (out / "rollouts" / "summary-shard-1-of-2.json").is_file() and (
         out / "rollouts" / "summary-shard-0-of-2.json"
     ).is_file():
@@ -132,14 +133,14 @@ def rollouts(out: Path, console: Console) -> None:
         return
     start = time.perf_counter()
     sets = _sets(paths(out))
-    commands = [_vcrd("rollouts", str(EXAMPLES / "distill.yaml"), *sets, "--shard", f"{i}/2") for i in range(2)]
+    commands = [_vcrd("rollouts", str(configs / "distill.yaml"), *sets, "--shard", f"{i}/2") for i in range(2)]
     run_parallel(commands, [out / "logs" / f"rollouts-{i}.log" for i in range(2)], console)
     console.print(f"rollouts done in {time.perf_counter() - start:.0f}s")
 
 
-def write_grid(out: Path, seeds: int) -> Path:
-    grid = yaml.safe_load((EXAMPLES / "grid.yaml").read_text())
-    grid["base"] = str(EXAMPLES / "distill.yaml")
+def write_grid(out: Path, configs: Path, seeds: int) -> Path:
+    grid = yaml.safe_load((configs / "grid.yaml").read_text())
+    grid["base"] = str(configs / "distill.yaml")
     grid["set"] = {**paths(out), **grid.get("set", {})}
     grid["output"] = str(out / "grid")
     grid["seeds"] = list(range(seeds))
@@ -169,7 +170,8 @@ def regimes(cell_dir: Path, out_png: Path) -> Any:
                 stream,
                 row["r_s"],
                 row["r_t"],
-                row["same_token"],
+                # teacher_likelihood compares no proposals (DESIGN.md §1.3): no point is parity by identity
+                row["same_token"] if row["same_token"] is not None else [False] * len(row["r_s"]),
                 row["weights"],
             )
         )
@@ -220,19 +222,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vcrd_arithmetic.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/demo", help="output and cache directory (default runs/demo)")
     parser.add_argument("--seeds", type=int, default=3, help="distillation seeds per variant (default 3)")
+    parser.add_argument("--configs", default=str(EXAMPLES), help="directory of sft.yaml, distill.yaml, grid.yaml")
     parser.add_argument("--teacher-steps", type=int, default=TEACHER_STEPS)
     parser.add_argument("--student-steps", type=int, default=STUDENT_STEPS)
     args = parser.parse_args(argv)
     console = Console()
+    configs = Path(args.configs).resolve()
+    missing = [f for f in ("sft.yaml", "distill.yaml", "grid.yaml") if not (configs / f).is_file()]
+    if missing:
+        print(
+            f"error: --configs {configs}: no {', '.join(missing)} (examples/demo of a vcrd checkout)", file=sys.stderr
+        )
+        return 2
     out = Path(args.out).resolve()
     start = time.perf_counter()
     try:
         if not (out / "task" / "task.json").is_file():
             build_task(out / "task", TaskSpec())
-        train_models(out, console, args.teacher_steps, args.student_steps)
+        train_models(out, configs, console, args.teacher_steps, args.student_steps)
         base = baselines(out, console)
-        rollouts(out, console)
-        grid_file = write_grid(out, args.seeds)
+        rollouts(out, configs, console)
+        grid_file = write_grid(out, configs, args.seeds)
         run_grid(grid_file, out, console)
         subprocess.run(_vcrd("grid", str(grid_file)), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         report(out, grid_file, base, console)
