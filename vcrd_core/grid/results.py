@@ -159,7 +159,7 @@ def write_chart(summary: Summary, path: Path) -> Path | None:
         seeds = list(summary.values[lab][summary.primary].values())
         ax.scatter([x] * len(seeds), seeds, color="#1b1b1b", s=10, zorder=3)
     ax.set_xticks(list(xs), labels, rotation=30, ha="right")
-    ax.set_ylabel(f"{summary.primary} (mean ± std over seeds; dots: seeds)")
+    ax.set_ylabel(f"{summary.primary}\n(mean ± std; dots: seeds)")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
