@@ -198,6 +198,26 @@ def model_of(config: RunConfig, model: str) -> tuple[str, str, str]:
     return Path(model).name or "model", model, config.models.student.dtype
 
 
+def load_evaluators(config: RunConfig) -> tuple[list[Evaluator], dict[str, list[EvalItem]]]:
+    """The config's evaluators, checked, and their problems by label (one-line errors at their YAML path);
+    loads no model."""
+    if not config.evaluation.evaluators:
+        raise ConfigError("evaluation.evaluators", "empty: name at least one evaluator (see `vcrd plugins`)")
+    evaluators: list[Evaluator] = []
+    for i, spec in enumerate(config.evaluation.evaluators):
+        evaluators.append(create(EVALUATORS, spec.name, spec.params, path=f"evaluation.evaluators.{i}"))  # type: ignore[arg-type]
+    items: dict[str, list[EvalItem]] = {}
+    for i, (name, ev) in enumerate(zip(labels_of(evaluators), evaluators, strict=True)):
+        try:
+            ev.check()
+            items[name] = ev.load_items()
+        except ConfigError:
+            raise
+        except VcrdError as exc:
+            raise ConfigError(f"evaluation.evaluators.{i}", str(exc)) from None
+    return evaluators, items
+
+
 def run_evaluation(
     config: RunConfig,
     *,
@@ -215,18 +235,7 @@ def run_evaluation(
     where = f"models.{model}.path" if model in ("student", "teacher") else "--model"
     if not (Path(path) / "config.json").is_file():
         raise ConfigError(where, f"'{path}' is not an HF-format model directory (no config.json)")
-    evaluators: list[Evaluator] = []
-    for i, spec in enumerate(ev_config.evaluators):
-        evaluators.append(create(EVALUATORS, spec.name, spec.params, path=f"evaluation.evaluators.{i}"))  # type: ignore[arg-type]
-    items: dict[str, list[EvalItem]] = {}
-    for i, (name, ev) in enumerate(zip(labels_of(evaluators), evaluators, strict=True)):
-        try:
-            ev.check()
-            items[name] = ev.load_items()
-        except ConfigError:
-            raise
-        except VcrdError as exc:
-            raise ConfigError(f"evaluation.evaluators.{i}", str(exc)) from None
+    evaluators, items = load_evaluators(config)
     gen_spec = ev_config.generator or config.rollouts.generator_spec()
     generator: Generator = create(GENERATORS, gen_spec.name, gen_spec.params, path="evaluation.generator")  # type: ignore[assignment]
     generator.check()

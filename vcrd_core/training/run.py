@@ -41,6 +41,7 @@ from vcrd_core.runs.preflight import RUN_MARKERS, load_tokenizer, preflight
 from vcrd_core.runs.provenance import write_run_metadata
 from vcrd_core.training.arguments import training_arguments_kwargs
 from vcrd_core.training.data import STREAM_ROLE, RolloutCollator, RolloutExamples, rows_from_store
+from vcrd_core.training.evaluation import PeriodicEvaluation
 from vcrd_core.training.trainer import COMPLETE_MARKER, METRICS_FILE, StreamScoring, VCRDTrainer
 
 _DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16", "auto": "auto"}
@@ -231,7 +232,15 @@ def prepare(config: RunConfig, *, resume: bool, rows: Iterable[Mapping[str, Any]
         roles = [STREAM_ROLE[s] for s in streams]
         rows = rows_from_store(store_path(config), roles, need_weights=[STREAM_ROLE[s] for s in need_weights])
     dataset = RolloutExamples(rows, streams, max_length=config.data.max_length, with_weights=need_weights)
-    return {"kwargs": kwargs, "out": out, "preflight": checked, "rules": rules, "dataset": dataset}
+    evaluation = PeriodicEvaluation.from_config(config, tokenizer=checked.tokenizer, out_dir=out)
+    return {
+        "kwargs": kwargs,
+        "out": out,
+        "preflight": checked,
+        "rules": rules,
+        "dataset": dataset,
+        "evaluation": evaluation,
+    }
 
 
 def build_trainer(
@@ -277,7 +286,7 @@ def build_trainer(
     if pad is None:
         raise ConfigError("models.tokenizer", "the tokenizer has neither a pad nor an eos token to pad batches with")
     del torch
-    return trainer_class(
+    trainer = trainer_class(
         model=student,
         args=args,
         train_dataset=prepared["dataset"],
@@ -292,6 +301,9 @@ def build_trainer(
         metrics_file=Path(prepared["out"]) / METRICS_FILE,
         max_nonfinite_steps=config.training.max_nonfinite_steps,
     )
+    if prepared.get("evaluation") is not None:
+        trainer.add_callback(prepared["evaluation"])
+    return trainer
 
 
 def start_run(config: RunConfig, out: Path, resume: bool, **extra: Any) -> None:
@@ -362,6 +374,8 @@ def run_train(
         "resumed_from": str(checkpoint) if checkpoint else None,
         "examples": len(prepared["dataset"]),
     }
+    if prepared["evaluation"] is not None:
+        extra["evaluation"] = {str(step): r for step, r in prepared["evaluation"].results.items()}
     return finish_run(trainer, prepared["preflight"].tokenizer, out, merge, extra)
 
 

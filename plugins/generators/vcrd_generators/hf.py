@@ -49,12 +49,17 @@ class HFGenerator(Generator):
             kwargs["dtype"] = DTYPES[context.dtype]
         if self.params.attn_implementation:
             kwargs["attn_implementation"] = self.params.attn_implementation
-        try:
-            self.model = AutoModelForCausalLM.from_pretrained(context.model_path, **kwargs).to(device).eval()
-        except (OSError, ValueError) as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise VcrdError(f"generator 'hf': cannot load the model '{context.model_path}': {reason}") from None
-        self.device = torch.device(device)
+        live = context.extra.get("model")
+        if live is not None:  # a model already in memory (evaluation during training): used as it is
+            self.model = live
+            self.device = next(live.parameters()).device
+        else:
+            try:
+                self.model = AutoModelForCausalLM.from_pretrained(context.model_path, **kwargs).to(device).eval()
+            except (OSError, ValueError) as exc:
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise VcrdError(f"generator 'hf': cannot load the model '{context.model_path}': {reason}") from None
+            self.device = torch.device(device)
         tok = context.tokenizer
         gen_eos = self.model.generation_config.eos_token_id
         eos = {tok.eos_token_id} if tok.eos_token_id is not None else set()
