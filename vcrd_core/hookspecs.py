@@ -28,7 +28,7 @@ def vcrd_register_judges() -> list[type]:
 
 @hookspec
 def vcrd_register_evaluators() -> list[type]:
-    """Return evaluator classes (subclasses of :class:`vcrd_core.Component`)."""
+    """Return evaluator classes (subclasses of :class:`vcrd_core.evaluation.evaluator.Evaluator`)."""
 
 
 @hookspec
