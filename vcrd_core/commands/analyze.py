@@ -12,6 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
+from vcrd_core.commands import add_command
 from vcrd_core.errors import VcrdError
 from vcrd_core.judging.analysis import (
     DEFAULT_PARITY_TOL,
@@ -109,8 +110,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
+    parser = add_command(
+        sub,
         "analyze",
+        run,
         help="validity statistics of scored rollouts (attenuation / parity / amplification) and a histogram",
         description="Read a rollout store scored by `vcrd score` (or a score-records JSON Lines file) and report, "
         "per stream, how often the validity ratio r_s/(r_t+1e-8) attenuates, keeps parity or amplifies, the share "
@@ -131,4 +134,3 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help=f"a ratio within 1 ± TOL counts as parity (default {DEFAULT_PARITY_TOL})",
     )
     parser.add_argument("--json", action="store_true", help="print the statistics as JSON instead of a table")
-    parser.set_defaults(func=run)

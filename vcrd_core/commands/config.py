@@ -8,6 +8,7 @@ from pathlib import Path
 
 import yaml
 
+from vcrd_core.commands import add_command, add_config_arguments
 from vcrd_core.config.loader import load_config, resolved_dict, validate_components
 from vcrd_core.config.schema import config_schema
 from vcrd_core.errors import VcrdError
@@ -47,38 +48,29 @@ def _schema(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_file_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", help="run config (YAML)")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="PATH=VALUE",
-        help="override one value, e.g. --set objective.teacher_prefix.lambda=2 (repeatable; VALUE is YAML)",
-    )
-
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("config", help="validate, show or export the schema of run configs")
     csub = parser.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
-    v = csub.add_parser(
+    v = add_command(
+        csub,
         "validate",
+        _validate,
         help="check a config statically (no model is loaded, no path is touched)",
         description="Validate a run config in two phases (structure, then each component's params).",
     )
-    _add_file_args(v)
-    v.set_defaults(func=_validate)
-    c = csub.add_parser(
+    add_config_arguments(v, "objective.teacher_prefix.lambda=2")
+    c = add_command(
+        csub,
         "check",
+        _check,
         help="the run-time checks: paths exist, tokenizers agree, judge checkpoints (no model weights loaded)",
         description="Validate, then check what the config names on disk: model directories, the shared tokenizer, "
         "prompt files, judge checkpoints and the output directory. Loads tokenizers, never model weights.",
     )
-    _add_file_args(c)
-    c.set_defaults(func=_check)
-    s = csub.add_parser("show", help="print the resolved config with every default filled in")
-    _add_file_args(s)
-    s.set_defaults(func=_show)
-    j = csub.add_parser("schema", help="export the JSON Schema of run configs (reflects the installed plugins)")
+    add_config_arguments(c, "objective.teacher_prefix.lambda=2")
+    s = add_command(csub, "show", _show, help="print the resolved config with every default filled in")
+    add_config_arguments(s, "objective.teacher_prefix.lambda=2")
+    j = add_command(
+        csub, "schema", _schema, help="export the JSON Schema of run configs (reflects the installed plugins)"
+    )
     j.add_argument("-o", "--output", help="write to this file instead of stdout")
-    j.set_defaults(func=_schema)

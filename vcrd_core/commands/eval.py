@@ -6,6 +6,7 @@ import argparse
 
 from rich.console import Console
 
+from vcrd_core.commands import add_command, add_config_arguments
 from vcrd_core.config.loader import load_config
 from vcrd_core.evaluation.run import print_summary, run_evaluation
 
@@ -18,19 +19,19 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "eval",
+        _eval,
         help="evaluate a model with the config's evaluators (math, code, exact, pairwise, ...)",
         description="Generate one output per problem of every evaluator's datasets (greedy by default, through "
         "the generator plugins), grade them, write one JSON line per sample (samples.jsonl) beside summary.json "
         "in evaluation.dir (default <output.dir>/eval/<model>) and print a table.",
     )
-    p.add_argument("file", help="run config (YAML)")
+    add_config_arguments(p, "evaluation.max_new_tokens=512")
     p.add_argument(
         "--model",
         default="student",
         help="student (default), teacher, or a local HF-format model directory",
     )
     p.add_argument("--out", metavar="DIR", help="output directory (overrides evaluation.dir)")
-    p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE", help="override one config value")
-    p.set_defaults(func=_eval)

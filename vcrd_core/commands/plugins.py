@@ -11,6 +11,7 @@ import json
 import sys
 from typing import Any
 
+from vcrd_core.commands import add_command
 from vcrd_core.plugins.kinds import KINDS
 from vcrd_core.plugins.manager import filter_warnings, get_plugin_manager, plugin_info
 from vcrd_core.plugins.registry import entries, failures
@@ -69,12 +70,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
+    parser = add_command(
+        sub,
         "plugins",
+        run,
         help="list installed components and the distributions providing them",
         description="List every installed component per kind (divergences, weighting, judges, ...) with the "
         "distribution and version that provides it. A plugin that failed to load, and a VCRD_PLUGINS / "
         "VCRD_DISABLE_PLUGINS name that matches no installed plugin, are one warning line each on stderr.",
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
-    parser.set_defaults(func=run)

@@ -6,6 +6,7 @@ import argparse
 
 from rich.console import Console
 
+from vcrd_core.commands import add_command, add_config_arguments
 from vcrd_core.config.loader import load_config, validate_components
 from vcrd_core.rollouts.run import generate_rollouts, print_summary
 
@@ -20,21 +21,16 @@ def _rollouts(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "rollouts",
+        _rollouts,
         help="generate teacher and student rollouts into the run's rollout store (resumable, shardable)",
         description="Generate the teacher's and the student's rollouts of data.train into the rollout store "
         "(rollouts.store, default <output.dir>/rollouts): Parquet chunks written atomically, so a rerun "
         "resumes where an interrupted run stopped. Run-time checks happen before any model is loaded.",
     )
-    p.add_argument("file", help="run config (YAML)")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="PATH=VALUE",
-        help="override one value, e.g. --set rollouts.temperature=0.7 (repeatable; VALUE is YAML)",
-    )
+    add_config_arguments(p, "rollouts.temperature=0.7")
     p.add_argument(
         "--shard",
         metavar="I/N",
@@ -45,4 +41,3 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="replace a store made with other models, parameters or prompts (its rollouts are deleted)",
     )
-    p.set_defaults(func=_rollouts)

@@ -7,6 +7,7 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
+from vcrd_core.commands import add_command, add_config_arguments
 from vcrd_core.config.loader import load_config, validate_components
 from vcrd_core.rollouts.scoring import PARITY_TOL, score_store
 
@@ -37,15 +38,15 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "score",
+        _score,
         help="offline scoring: the other model's proposals, judge scores and weights into the rollout store",
         description="For every decision point of both streams of the rollout store: the other model's proposal "
         "at the same prefix, the judge's r_s and r_t and the stream's weights (the functions online training "
         "uses), stored in the store's score columns. Resumable; a summary goes to score-summary.json.",
     )
-    p.add_argument("file", help="run config (YAML)")
-    p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE", help="override one value")
+    add_config_arguments(p, "proposals.teacher=greedy")
     p.add_argument("--batch-size", type=int, default=8, help="rollouts per forward pass (default 8)")
     p.add_argument("--overwrite", action="store_true", help="score again a store scored with another setup")
-    p.set_defaults(func=_score)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from vcrd_core.commands import add_command, add_config_arguments
 from vcrd_core.config.loader import load_config
 from vcrd_core.training.run import run_train
 from vcrd_core.training.sft import run_sft
@@ -23,23 +24,25 @@ def _sft(args: argparse.Namespace) -> int:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", metavar="CONFIG", help="run config (YAML)")
-    parser.add_argument("--set", action="append", default=[], metavar="PATH=VALUE", help="override a config value")
+    add_config_arguments(parser, "training.learning_rate=1e-5")
     parser.add_argument("--resume", action="store_true", help="continue output.dir's run from its latest checkpoint")
     parser.add_argument("--merge", action="store_true", help="also save LoRA-merged weights in <output.dir>/merged")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    train = sub.add_parser(
+    train = add_command(
+        sub,
         "train",
+        _train,
         help="validity-weighted distillation of the student (online or offline scoring)",
         description="Distill models.teacher into models.student on the rollout store's rollouts (transformers "
         "Trainer; launch with `accelerate launch` for several processes).",
     )
     _common(train)
-    train.set_defaults(func=_train)
-    sft = sub.add_parser(
+    sft = add_command(
+        sub,
         "sft",
+        _sft,
         help="supervised fine-tuning on reference responses (cross-entropy)",
         description="Fine-tune models.<role> on data.train's reference responses (data.response_field).",
     )
@@ -48,4 +51,3 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     sft.add_argument(
         "--from-scratch", action="store_true", help="random initialization from the model directory's config.json"
     )
-    sft.set_defaults(func=_sft)
