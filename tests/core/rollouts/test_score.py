@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from vcrd_core.config.loader import load_config
 from vcrd_core.decision_points import DecisionPoints, Stream
 from vcrd_core.errors import VcrdError
 from vcrd_core.judging.judge import JudgeContext
-from vcrd_core.judging.scoring import score_batch
+from vcrd_core.judging.scoring import ScoredBatch, score_batch
 from vcrd_core.plugins.registry import create
 from vcrd_core.rollouts.run import generate_rollouts
 from vcrd_core.rollouts.scoring import score_store
@@ -50,16 +51,19 @@ def scored(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any, dict[st
     return root, config, summary
 
 
-def test_stored_scores_equal_direct_recomputation(scored: tuple[Path, Any, dict[str, Any]]) -> None:
-    root, _, summary = scored
+def _recomputed(
+    root: Path, judge_name: str, judge_params: dict[str, Any], num_rows: int, proposal: str = "sample"
+) -> Iterator[tuple[dict[str, Any], ScoredBatch, slice, torch.Tensor, torch.Tensor]]:
+    """Each row of ``root``'s scored store (ratio rule) beside ``score_batch`` on that rollout alone, from the
+    saved models: ``(row, direct, response span, teacher logits, student logits)``."""
     tok = load_tokenizer(str(root / "student"), "x")
     teacher = AutoModelForCausalLM.from_pretrained(root / "teacher").eval()
     student = AutoModelForCausalLM.from_pretrained(root / "student").eval()
-    judge = create("judges", "teacher_likelihood", {})
+    judge = create("judges", judge_name, judge_params)
     judge.load(JudgeContext(tokenizer=tok, vocab_size=len(tok)))
     rule = create("weighting", "ratio", {})
     table = RolloutStore(root / "out" / "rollouts").read()
-    assert table.num_rows == 20 and table["weights"].null_count == 0
+    assert table.num_rows == num_rows and table["weights"].null_count == 0
     for row in table.to_pylist():
         stream = Stream.TEACHER_PREFIX if row["role"] == "teacher" else Stream.STUDENT_PREFIX
         p, y = row["prompt_token_ids"], row["response_token_ids"]
@@ -70,14 +74,20 @@ def test_stored_scores_equal_direct_recomputation(scored: tuple[Path, Any, dict[
         points = DecisionPoints.from_masks(attn, resp)
         with torch.no_grad():
             t_logits, s_logits = teacher(ids).logits, student(ids).logits
-        direct = score_batch(stream, ids, attn, points, t_logits, s_logits, judge, rule, vocab_size=len(tok))
-        span = slice(len(p), len(p) + len(y))
+        direct = score_batch(stream, ids, attn, points, t_logits, s_logits, judge, rule, proposal=proposal,
+                             vocab_size=len(tok), prompt_lengths=torch.tensor([len(p)]))  # fmt: skip
+        yield row, direct, slice(len(p), len(p) + len(y)), t_logits, s_logits
+
+
+def test_stored_scores_equal_direct_recomputation(scored: tuple[Path, Any, dict[str, Any]]) -> None:
+    root, _, summary = scored
+    for row, direct, span, t_logits, s_logits in _recomputed(root, "teacher_likelihood", {}, 20):
         torch.testing.assert_close(torch.tensor(row["r_s"]), direct.r_s[0, span].float(), atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(torch.tensor(row["r_t"]), direct.r_t[0, span].float(), atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(torch.tensor(row["weights"]), direct.weights[0, span].float(), atol=1e-5, rtol=1e-4)
         assert row["proposals"] is None  # teacher_likelihood reads the student's greedy token, no proposal
         # and by hand (VCRD-Prob): r_s = p_teacher(student greedy) at the first decision point
-        t = len(p)
+        t = span.start
         greedy = int(s_logits[0, t - 1].argmax())
         expected = torch.softmax(t_logits[0, t - 1].double(), -1)[greedy].item()
         assert row["r_s"][0] == pytest.approx(expected, rel=1e-4, abs=1e-6)
@@ -167,27 +177,8 @@ def test_stored_prm_scores_equal_direct_recomputation(tmp_path: Path) -> None:
     generate_rollouts(config)
     score_store(config, batch_size=2)
 
-    tok = load_tokenizer(str(tmp_path / "student"), "x")
-    teacher = AutoModelForCausalLM.from_pretrained(tmp_path / "teacher").eval()
-    student = AutoModelForCausalLM.from_pretrained(tmp_path / "student").eval()
-    judge = create("judges", "prm_value_head", {"path": str(prm), "branch_suffix": "\n"})
-    judge.load(JudgeContext(tokenizer=tok, vocab_size=len(tok)))
-    rule = create("weighting", "ratio", {})
-    table = RolloutStore(tmp_path / "out" / "rollouts").read()
-    assert table.num_rows == 6 and table["weights"].null_count == 0
-    for row in table.to_pylist():
-        stream = Stream.TEACHER_PREFIX if row["role"] == "teacher" else Stream.STUDENT_PREFIX
-        p, y = row["prompt_token_ids"], row["response_token_ids"]
-        ids = torch.tensor([p + y])
-        attn = torch.ones_like(ids)
-        resp = torch.zeros_like(ids, dtype=torch.bool)
-        resp[0, len(p) :] = True
-        points = DecisionPoints.from_masks(attn, resp)
-        with torch.no_grad():
-            t_logits, s_logits = teacher(ids).logits, student(ids).logits
-        direct = score_batch(stream, ids, attn, points, t_logits, s_logits, judge, rule, proposal="greedy",
-                             vocab_size=len(tok), prompt_lengths=torch.tensor([len(p)]))  # fmt: skip
-        span = slice(len(p), len(p) + len(y))
+    judge_params = {"path": str(prm), "branch_suffix": "\n"}
+    for row, direct, span, _, _ in _recomputed(tmp_path, "prm_value_head", judge_params, 6, proposal="greedy"):
         assert row["proposals"] == direct.proposals[0, span].tolist()
         assert row["same_token"] == direct.same_token[0, span].tolist()
         for key in ("r_s", "r_t", "weights"):
