@@ -37,6 +37,24 @@ class ReverseKL(vcrd_core.Divergence):
         return (student_logp.exp() * (student_logp - teacher_logp)).sum(-1)
 
 
+class RecordingKL(vcrd_core.Divergence):
+    """KL(p || q) plus a quadratic in q (depends on both inputs, nonlinear in the student); records the rows
+    of every chunk it sees and whether the student input required grad."""
+
+    name: ClassVar[str] = "test_recording_kl"
+
+    def __init__(self, params: object = None) -> None:
+        super().__init__(None)
+        self.rows_seen: list[int] = []
+        self.student_requires_grad: list[bool] = []
+
+    def value(self, teacher_logp: torch.Tensor, student_logp: torch.Tensor) -> torch.Tensor:
+        self.rows_seen.append(teacher_logp.shape[0])
+        self.student_requires_grad.append(student_logp.requires_grad)
+        p = teacher_logp.exp()
+        return (p * (teacher_logp - student_logp)).sum(-1) + 3.0 * (student_logp.exp() ** 2).sum(-1)
+
+
 class PlainRatio(vcrd_core.WeightingRule):
     """r_s / (r_t + 1e-8), written plainly."""
 

@@ -14,25 +14,9 @@ import pytest
 import torch
 
 import vcrd_core
+from tests.fakes import RecordingKL
 from vcrd_core.errors import VcrdError
 from vcrd_core.losses.chunked import chunked_divergence, default_chunk_size
-
-
-class FakeDivergence(vcrd_core.Divergence):
-    """KL(p || q) plus a quadratic in q: depends on both inputs, nonlinear in the student (test-only)."""
-
-    name = "fake_kl_plus_square"
-
-    def __init__(self, params: object = None) -> None:
-        super().__init__(None)
-        self.rows_seen: list[int] = []
-        self.student_requires_grad: list[bool] = []
-
-    def value(self, teacher_logp: torch.Tensor, student_logp: torch.Tensor) -> torch.Tensor:
-        self.rows_seen.append(teacher_logp.shape[0])
-        self.student_requires_grad.append(student_logp.requires_grad)
-        p = teacher_logp.exp()
-        return (p * (teacher_logp - student_logp)).sum(-1) + 3.0 * (student_logp.exp() ** 2).sum(-1)
 
 
 def reference(
@@ -87,7 +71,7 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-
 def test_values_and_gradients_equal_unchunked_computation_for_any_chunk_size(chunk_size: int | None) -> None:
     t, s = logits(2, 12, 50, seed=0), logits(2, 12, 50, seed=1)
     upstream = logits(24, seed=2, scale=1.0)
-    div = FakeDivergence()
+    div = RecordingKL()
     values, grad = engine(div, t, s, upstream, chunk_size=chunk_size)
     ref_values, ref_grad = reference(div, t, s, upstream=upstream)
     assert values.dtype == torch.float32 and values.shape == (24,)
@@ -96,7 +80,7 @@ def test_values_and_gradients_equal_unchunked_computation_for_any_chunk_size(chu
 
 
 def test_each_chunk_has_at_most_chunk_size_rows() -> None:
-    div = FakeDivergence()
+    div = RecordingKL()
     engine(div, logits(23, 10, seed=0), logits(23, 10, seed=1), chunk_size=5)
     assert div.rows_seen == [5, 5, 5, 5, 3]
 
@@ -111,7 +95,7 @@ def test_default_chunk_size_is_used_when_none_is_given(monkeypatch: pytest.Monke
     import vcrd_core.losses.chunked
 
     monkeypatch.setattr(vcrd_core.losses.chunked, "DEFAULT_BLOCK_ELEMENTS", 100)  # 100 // 30 = 3 rows per chunk
-    div = FakeDivergence()
+    div = RecordingKL()
     engine(div, logits(10, 30, seed=0), logits(10, 30, seed=1))
     assert div.rows_seen == [3, 3, 3, 1]
 
@@ -120,7 +104,7 @@ def test_rows_select_decision_points_and_other_rows_get_zero_gradient() -> None:
     t, s = logits(3, 8, 40, seed=3), logits(3, 8, 40, seed=4)
     rows = torch.tensor([17, 2, 9, 23, 0, 11, 5])
     upstream = logits(7, seed=5, scale=1.0)
-    div = FakeDivergence()
+    div = RecordingKL()
     values, grad = engine(div, t, s, upstream, rows=rows, chunk_size=3)
     ref_values, ref_grad = reference(div, t, s, rows=rows, upstream=upstream)
     assert_close(values, ref_values)
@@ -132,7 +116,7 @@ def test_rows_select_decision_points_and_other_rows_get_zero_gradient() -> None:
 
 def test_empty_rows_give_empty_values_and_zero_gradient() -> None:
     values, grad = engine(
-        FakeDivergence(), logits(4, 6, seed=0), logits(4, 6, seed=1), rows=torch.tensor([], dtype=torch.long)
+        RecordingKL(), logits(4, 6, seed=0), logits(4, 6, seed=1), rows=torch.tensor([], dtype=torch.long)
     )
     assert values.shape == (0,)
     assert torch.all(grad == 0)
@@ -143,7 +127,7 @@ def test_padded_vocabulary_columns_are_ignored_and_get_zero_gradient() -> None:
     # Padded columns hold huge logits: using them would change every value.
     t[..., 30:] = 50.0
     s[..., 30:] = 50.0
-    div = FakeDivergence()
+    div = RecordingKL()
     values, grad = engine(div, t, s, vocab_size=30, chunk_size=4)
     ref_values, ref_grad = reference(div, t, s, vocab=30)
     assert_close(values, ref_values)
@@ -154,19 +138,19 @@ def test_padded_vocabulary_columns_are_ignored_and_get_zero_gradient() -> None:
 
 def test_different_vocab_sizes_without_vocab_size_are_refused() -> None:
     with pytest.raises(VcrdError, match=r"different vocabulary sizes \(37 vs 41.*pass vocab_size"):
-        chunked_divergence(FakeDivergence(), logits(3, 37, seed=0), logits(3, 41, seed=1))
+        chunked_divergence(RecordingKL(), logits(3, 37, seed=0), logits(3, 41, seed=1))
 
 
 @pytest.mark.parametrize("vocab_size", [38, 0, -1])
 def test_vocab_size_outside_the_logits_is_refused(vocab_size: int) -> None:
     with pytest.raises(VcrdError, match=r"vocab_size=.* expected an int in \[1, 37\]"):
-        chunked_divergence(FakeDivergence(), logits(3, 37, seed=0), logits(3, 41, seed=1), vocab_size=vocab_size)
+        chunked_divergence(RecordingKL(), logits(3, 37, seed=0), logits(3, 41, seed=1), vocab_size=vocab_size)
 
 
 @pytest.mark.parametrize("temperature", [0.5, 2.0])
 def test_temperature_divides_logits_before_log_softmax(temperature: float) -> None:
     t, s = logits(9, 30, seed=8), logits(9, 30, seed=9)
-    div = FakeDivergence()
+    div = RecordingKL()
     values, grad = engine(div, t, s, temperature=temperature, chunk_size=4)
     ref_values, ref_grad = reference(div, t, s, temperature=temperature)
     assert_close(values, ref_values)
@@ -178,7 +162,7 @@ def test_temperature_divides_logits_before_log_softmax(temperature: float) -> No
 @pytest.mark.parametrize("temperature", [0.0, -1.0, float("inf"), float("nan")])
 def test_nonpositive_or_infinite_temperature_is_refused(temperature: float) -> None:
     with pytest.raises(VcrdError, match=r"temperature=.* expected a"):
-        chunked_divergence(FakeDivergence(), logits(3, 5, seed=0), logits(3, 5, seed=1), temperature=temperature)
+        chunked_divergence(RecordingKL(), logits(3, 5, seed=0), logits(3, 5, seed=1), temperature=temperature)
 
 
 @pytest.mark.parametrize("rows", [None, torch.tensor([20, 3, 11, 0, 7, 15, 22])])
@@ -188,7 +172,7 @@ def test_bf16_student_logits_give_float32_values_and_bf16_gradient_close_to_refe
     t = logits(4, 6, 64, seed=10, dtype=torch.bfloat16)
     s = logits(4, 6, 64, seed=11, dtype=torch.bfloat16)
     upstream = logits(24 if rows is None else rows.numel(), seed=12, scale=1.0)
-    div = FakeDivergence()
+    div = RecordingKL()
     values, grad = engine(div, t, s, upstream, rows=rows, chunk_size=5)
     ref_values, ref_grad = reference(div, t, s, rows=rows, upstream=upstream)  # reads the same bf16 logits
     assert values.dtype == torch.float32 and grad.dtype == torch.bfloat16
@@ -198,7 +182,7 @@ def test_bf16_student_logits_give_float32_values_and_bf16_gradient_close_to_refe
 
 def test_no_gradient_work_when_student_does_not_require_grad() -> None:
     t, s = logits(10, 20, seed=12), logits(10, 20, seed=13)
-    div = FakeDivergence()
+    div = RecordingKL()
     values = chunked_divergence(div, t, s, chunk_size=3)
     assert values.grad_fn is None and not values.requires_grad
     assert div.student_requires_grad == [False] * 4
@@ -207,7 +191,7 @@ def test_no_gradient_work_when_student_does_not_require_grad() -> None:
 
 def test_no_gradient_work_under_no_grad_even_if_student_requires_grad() -> None:
     s = logits(5, 20, seed=13).requires_grad_(True)
-    div = FakeDivergence()
+    div = RecordingKL()
     with torch.no_grad():
         values = chunked_divergence(div, logits(5, 20, seed=12), s)
     assert values.grad_fn is None
@@ -216,9 +200,9 @@ def test_no_gradient_work_under_no_grad_even_if_student_requires_grad() -> None:
 
 def test_teacher_that_requires_grad_is_detached_and_gets_no_gradient() -> None:
     t = logits(6, 20, seed=14).requires_grad_(True)
-    values, _ = engine(FakeDivergence(), t, logits(6, 20, seed=15))
+    values, _ = engine(RecordingKL(), t, logits(6, 20, seed=15))
     assert t.grad is None
-    assert_close(values, reference(FakeDivergence(), t, logits(6, 20, seed=15))[0])
+    assert_close(values, reference(RecordingKL(), t, logits(6, 20, seed=15))[0])
 
 
 def test_non_contiguous_logits_slice_gives_the_same_result() -> None:
@@ -226,7 +210,7 @@ def test_non_contiguous_logits_slice_gives_the_same_result() -> None:
     t, s = full_t[:, :-1], full_s[:, :-1]  # the usual "logits at positions t-1" slice: not viewable as [M, V]
     assert not s.is_contiguous()
     rows = torch.tensor([0, 5, 7, 20, 23])
-    div = FakeDivergence()
+    div = RecordingKL()
     values, grad = engine(div, t, s, rows=rows, chunk_size=2)
     ref_values, ref_grad = reference(div, t, s, rows=rows)
     assert_close(values, ref_values)
@@ -238,10 +222,10 @@ def test_gradient_reaches_the_model_through_the_logits() -> None:
     head = torch.nn.Linear(8, 30)
     hidden = torch.randn(2, 4, 8)
     t = logits(2, 4, 30, seed=18)
-    chunked_divergence(FakeDivergence(), t, head(hidden), chunk_size=3).sum().backward()
+    chunked_divergence(RecordingKL(), t, head(hidden), chunk_size=3).sum().backward()
     w = head.weight.detach().double().requires_grad_(True)
     b = head.bias.detach().double()
-    ref = FakeDivergence().value(
+    ref = RecordingKL().value(
         torch.log_softmax(t.double(), -1).reshape(-1, 30),
         torch.log_softmax(hidden.double() @ w.T + b, -1).reshape(-1, 30),
     )
@@ -253,7 +237,7 @@ def test_gradient_reaches_the_model_through_the_logits() -> None:
 def test_double_backward_is_refused() -> None:
     s = logits(3, 10, seed=20).requires_grad_(True)
     w = torch.ones(3, requires_grad=True)  # makes the incoming gradient part of the double-backward graph
-    values = chunked_divergence(FakeDivergence(), logits(3, 10, seed=19), s)
+    values = chunked_divergence(RecordingKL(), logits(3, 10, seed=19), s)
     (g,) = torch.autograd.grad((values * w).sum(), s, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable"):
         g.sum().backward()
@@ -261,7 +245,7 @@ def test_double_backward_is_refused() -> None:
 
 def test_second_backward_through_the_same_result_is_refused() -> None:
     s = logits(3, 10, seed=20).requires_grad_(True)
-    values = chunked_divergence(FakeDivergence(), logits(3, 10, seed=19), s)
+    values = chunked_divergence(RecordingKL(), logits(3, 10, seed=19), s)
     values.sum().backward(retain_graph=True)
     with pytest.raises(VcrdError, match="single backward pass"):
         values.sum().backward()
@@ -269,7 +253,7 @@ def test_second_backward_through_the_same_result_is_refused() -> None:
 
 def test_divergence_call_uses_the_engine() -> None:
     t, s = logits(7, 15, seed=21), logits(7, 18, seed=22)
-    div = FakeDivergence()
+    div = RecordingKL()
     values = div(t, s, vocab_size=15, temperature=1.5, chunk_size=2)
     assert div.rows_seen == [2, 2, 2, 1]
     assert_close(values, reference(div, t, s, vocab=15, temperature=1.5)[0])
@@ -289,12 +273,12 @@ def test_divergence_call_uses_the_engine() -> None:
 )
 def test_invalid_rows_are_refused(rows: torch.Tensor, message: str) -> None:
     with pytest.raises(VcrdError, match=message):
-        chunked_divergence(FakeDivergence(), logits(3, 4, 8, seed=0), logits(3, 4, 8, seed=1), rows=rows)
+        chunked_divergence(RecordingKL(), logits(3, 4, 8, seed=0), logits(3, 4, 8, seed=1), rows=rows)
 
 
 def test_mismatched_leading_dims_are_refused() -> None:
     with pytest.raises(VcrdError, match="same leading dims"):
-        chunked_divergence(FakeDivergence(), logits(3, 4, 8, seed=0), logits(4, 3, 8, seed=1))
+        chunked_divergence(RecordingKL(), logits(3, 4, 8, seed=0), logits(4, 3, 8, seed=1))
 
 
 def test_divergence_returning_the_wrong_shape_is_refused() -> None:

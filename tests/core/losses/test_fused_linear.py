@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import vcrd_core
+from tests.fakes import RecordingKL
 from vcrd_core.errors import VcrdError
 from vcrd_core.losses.chunked import chunked_divergence
 from vcrd_core.losses.fused_linear import (
@@ -26,23 +27,6 @@ from vcrd_core.losses.fused_linear import (
 )
 
 DIVERGENCES = ["skl", "srkl", "fkl", "rkl", "jsd", "ab"]
-
-
-class RecordingKL(vcrd_core.Divergence):
-    """Forward KL plus a quadratic in q (nonlinear in the student); records the chunks it sees (test-only)."""
-
-    name = "recording_kl"
-
-    def __init__(self, params: object = None) -> None:
-        super().__init__(None)
-        self.rows_seen: list[int] = []
-        self.student_requires_grad: list[bool] = []
-
-    def value(self, teacher_logp: torch.Tensor, student_logp: torch.Tensor) -> torch.Tensor:
-        self.rows_seen.append(teacher_logp.shape[0])
-        self.student_requires_grad.append(student_logp.requires_grad)
-        p = teacher_logp.exp()
-        return (p * (teacher_logp - student_logp)).sum(-1) + 3.0 * (student_logp.exp() ** 2).sum(-1)
 
 
 def randn(*shape: int, seed: int, scale: float = 1.0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
