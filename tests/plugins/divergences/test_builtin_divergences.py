@@ -227,20 +227,13 @@ def test_params_out_of_range_are_refused_naming_the_field(name: str, params: dic
 # ---------------------------------------------------------------- values and gradients vs float64
 
 
+@pytest.mark.parametrize(("logits", "seed"), [(random_logits, 1), (extreme_logits, 3)], ids=["random", "extreme"])
 @pytest.mark.parametrize("case", CASES, ids=case_id)
-def test_value_and_gradient_match_float64_reference_on_random_logits(case: tuple[str, dict[str, Any]]) -> None:
+def test_value_and_gradient_match_float64_reference(
+    case: tuple[str, dict[str, Any]], logits: Callable[[int], Tensor], seed: int
+) -> None:
     name, params = case
-    t, s = random_logits(1), random_logits(2)
-    values, grad = ours(make(name, **params), t, s)
-    ref_values, ref_grad = reference(name, params, t, s)
-    close(values, ref_values, atol=atol_for(name))
-    close_grad(grad, ref_grad)
-
-
-@pytest.mark.parametrize("case", CASES, ids=case_id)
-def test_value_and_gradient_match_float64_reference_on_extreme_logits(case: tuple[str, dict[str, Any]]) -> None:
-    name, params = case
-    t, s = extreme_logits(3), extreme_logits(4)
+    t, s = logits(seed), logits(seed + 1)
     values, grad = ours(make(name, **params), t, s)
     ref_values, ref_grad = reference(name, params, t, s)
     assert_no_nan(values, grad)
