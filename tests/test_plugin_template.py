@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import site
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import torch
 import yaml
 
 from tests.conftest import BUILT_IN_PLUGINS, MINIMAL_CONFIG, ROOT
+from tests.venvs import layered_venv, pip_install
 
 pytestmark = pytest.mark.slow
 IGNORED = shutil.ignore_patterns("build", "*.egg-info", "__pycache__")
@@ -43,38 +43,10 @@ print(json.dumps({
 
 def test_template_plugin_installs_lists_validates_and_weights(tmp_path: Path) -> None:
     env = {**os.environ, "VCRD_PLUGINS": f"{BUILT_IN_PLUGINS},vcrd-example-weighting"}
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    py = venv / "bin" / "python"
-    target_site = subprocess.run(
-        [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    # Layer on .venv: `import site; site.addsitedir(...)` also runs .venv's editable-install .pth files.
-    Path(target_site, "_layer_on_dev_venv.pth").write_text(
-        f"import site; site.addsitedir({site.getsitepackages()[0]!r})\n"
-    )
+    py = layered_venv(tmp_path / "venv")
     # Built from a copy: an in-tree build would leave build/ and *.egg-info in examples/plugin_template.
     template = Path(shutil.copytree(ROOT / "examples" / "plugin_template", tmp_path / "template", ignore=IGNORED))
-    install = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "--python",
-            str(py),
-            "install",
-            "-q",
-            "--no-deps",
-            "--no-build-isolation",
-            str(template),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert install.returncode == 0, install.stderr
+    pip_install(py, template)
 
     listed = subprocess.run([str(py), "-m", "vcrd_core", "plugins", "--json"], capture_output=True, text=True, env=env)
     assert listed.returncode == 0, listed.stderr

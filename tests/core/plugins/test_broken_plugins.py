@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-import site
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import pytest
 import yaml
 
 from tests.conftest import BUILT_IN_PLUGINS, MINIMAL_CONFIG, ROOT
+from tests.venvs import layered_venv, pip_install
 
 pytestmark = pytest.mark.slow
 
@@ -157,28 +156,8 @@ def write_distribution(where: Path, dist: str, body: str) -> Path:
 def broken_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One throw-away venv layered on .venv (for vcrd and its dependencies), with every broken plugin."""
     tmp = tmp_path_factory.mktemp("broken")
-    venv = tmp / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    py = venv / "bin" / "python"
-    target_site = subprocess.run(
-        [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    # `site.addsitedir` also runs .venv's .pth files: the editable vcrd is importable there.
-    Path(target_site, "_layer_on_dev_venv.pth").write_text(
-        f"import site; site.addsitedir({site.getsitepackages()[0]!r})\n"
-    )
-    sources = [write_distribution(tmp, dist, body) for dist, (body, _) in BROKEN.items()]
-    install = subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-deps", "--no-build-isolation"]
-        + [str(s) for s in sources],
-        capture_output=True,
-        text=True,
-        cwd=tmp,
-    )
-    assert install.returncode == 0, install.stderr
+    py = layered_venv(tmp / "venv")
+    pip_install(py, *(write_distribution(tmp, dist, body) for dist, (body, _) in BROKEN.items()), cwd=tmp)
     return py
 
 
