@@ -9,7 +9,7 @@ Variants (each measured in its own subprocess so that peak RSS is its own):
 * ``engine``: :func:`vcrd_core.losses.chunked.chunked_divergence`, the custom autograd.Function that
   computes each chunk's gradient in forward and frees the chunk.
 
-Peak memory is ``ru_maxrss`` at the end minus the RSS right after the inputs were allocated, i.e.
+Peak memory is the peak RSS at the end minus the RSS right after the inputs were allocated, i.e.
 what the loss needs beyond its inputs (the gradient buffer included). The workers run with
 ``MALLOC_MMAP_THRESHOLD_=1MiB`` so that freed blocks leave the RSS (this adds page-fault time to
 every variant alike). For reference the table also shows the bytes of the two logits tensors plus
@@ -22,22 +22,13 @@ Finally each variant's values and gradients are compared with ``full`` (max abs 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import resource
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+from _measure import current_rss_bytes, gib, median_seconds, peak_rss_bytes, report, run_worker
+
 VARIANTS = ("full", "loop", "engine")
-
-
-def current_rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -72,20 +63,11 @@ def worker(args: argparse.Namespace) -> None:
         values.sum().backward()
         return values.detach()
 
-    step()  # warm-up
-    times = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        values = step()
-        times.append(time.perf_counter() - start)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline
+    seconds, values = median_seconds(step, warmup=1, repeats=args.repeats)
+    peak = peak_rss_bytes() - baseline
     assert student.grad is not None
     torch.save({"values": values, "grad": student.grad}, args.out)
-    print(json.dumps({"variant": args.variant, "seconds": statistics.median(times), "peak_bytes": peak}))
-
-
-def gib(n: float) -> str:
-    return f"{n / 2**30:.2f} GiB"
+    report(args.variant, seconds, peak)
 
 
 def main() -> None:
@@ -106,19 +88,14 @@ def main() -> None:
 
     import torch
 
-    # Blocks of 1 MiB or more are mmapped and returned to the OS when freed, so RSS tracks live tensors
-    # (glibc otherwise raises its mmap threshold after the first frees and keeps freed chunks in the heap).
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(2**20)}
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for variant in VARIANTS:
             out = Path(tmp) / f"{variant}.pt"
-            cmd = [sys.executable, __file__, *sys.argv[1:], "--variant", variant, "--out", str(out)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
-            if proc.returncode != 0:
+            proc, result = run_worker(__file__, "--variant", variant, "--out", str(out))
+            if result is None:
                 sys.exit(f"variant {variant} failed:\n{proc.stderr}")
-            results[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
-            results[variant]["tensors"] = torch.load(out)
+            results[variant] = {**result, "tensors": torch.load(out)}
 
         elem = 2 if args.dtype == "bfloat16" else 4
         io_bytes = 3 * args.rows * args.vocab * elem  # teacher + student logits + student grad

@@ -31,36 +31,13 @@ compared with the first variant that ran (max abs difference). A variant that ca
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import resource
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+from _measure import current_rss_bytes, gib, median_seconds, peak_rss_bytes, report, reset_peak_rss, run_worker
+
 VARIANTS = ("full", "chunked", "fused", "liger")
-
-
-def current_rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def reset_peak_rss() -> None:
-    """Start the peak (VmHWM) afresh: building the inputs must not count (Linux >= 4.0)."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
-def peak_rss_bytes() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -133,23 +110,13 @@ def worker(args: argparse.Namespace) -> None:
         loss.backward()
         return loss.detach()
 
-    for _ in range(args.warmup):
-        step()
-    times = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        loss = step()
-        times.append(time.perf_counter() - start)
+    seconds, loss = median_seconds(step, warmup=args.warmup, repeats=args.repeats)
     peak = peak_rss_bytes() - baseline
     grads = {"loss": loss.float(), "hidden": student_hidden.grad}
     if student_weight.grad is not None:
         grads["weight"] = student_weight.grad
     torch.save(grads, args.out)
-    print(json.dumps({"variant": args.variant, "seconds": statistics.median(times), "peak_bytes": peak}))
-
-
-def gib(x: float) -> str:
-    return f"{x / 2**30:.2f} GiB"
+    report(args.variant, seconds, peak)
 
 
 def main() -> None:
@@ -176,7 +143,6 @@ def main() -> None:
 
     import torch
 
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(2**20)}
     print(
         f"{args.divergence}, V={args.vocab:,}, H={args.hidden}, {args.dtype}, chunk={args.chunk_size} rows, "
         f"lm_head {'frozen' if args.frozen_head else 'trained'}, {args.threads} thread(s), "
@@ -194,14 +160,12 @@ def main() -> None:
                     print(f"{n:>6} {variant:<8} skipped")
                     continue
                 out = Path(tmp) / f"{variant}-{n}.pt"
-                cmd = [sys.executable, __file__, *sys.argv[1:], "--variant", variant, "--n", str(n), "--out", str(out)]
-                proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
-                if proc.returncode != 0:
+                proc, r = run_worker(__file__, "--variant", variant, "--n", str(n), "--out", str(out))
+                if r is None:
                     lines = (proc.stderr.strip() or f"exit {proc.returncode}").splitlines()
                     reason = next((x for x in lines if x.startswith("n/a:")), lines[-1])
                     print(f"{n:>6} {variant:<8} {reason if reason.startswith('n/a') else 'failed: ' + reason}")
                     continue
-                r = json.loads(proc.stdout.strip().splitlines()[-1])
                 tensors = torch.load(out)
                 out.unlink()
                 if ref is None:
