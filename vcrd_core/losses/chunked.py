@@ -26,6 +26,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from vcrd_core.errors import VcrdError
+from vcrd_core.losses.inputs import FlatRows, check_rows, check_temperature_and_chunk_size, checked_vocab
 
 if TYPE_CHECKING:
     from vcrd_core.losses.divergence import Divergence
@@ -37,31 +38,6 @@ DEFAULT_BLOCK_ELEMENTS = 2**25
 def default_chunk_size(vocab_size: int) -> int:
     """Rows per chunk so that one ``[chunk, V]`` float32 block stays near :data:`DEFAULT_BLOCK_ELEMENTS`."""
     return max(1, DEFAULT_BLOCK_ELEMENTS // max(1, vocab_size))
-
-
-class _Rows:
-    """Reads rows of a ``[..., V]`` tensor by flat row index without copying the whole tensor.
-
-    ``x.view(-1, V)`` is used when the strides allow it; otherwise (a non-contiguous slice such as
-    ``logits[:, :-1]``) flat indices are unravelled over the leading shape and read by advanced
-    indexing, which copies only the requested rows.
-    """
-
-    def __init__(self, x: torch.Tensor, columns: int) -> None:
-        self.lead = tuple(x.shape[:-1])
-        narrowed = x[..., :columns]
-        try:
-            self.flat: torch.Tensor | None = narrowed.view(-1, columns)
-            self.x = None
-        except RuntimeError:
-            self.flat = None
-            self.x = narrowed
-
-    def take(self, rows: torch.Tensor) -> torch.Tensor:
-        if self.flat is not None:
-            return self.flat.index_select(0, rows)
-        assert self.x is not None
-        return self.x[torch.unravel_index(rows, self.lead)]
 
 
 def _check_inputs(
@@ -88,38 +64,11 @@ def _check_inputs(
             f"chunked_divergence: teacher_logits are on {teacher_logits.device} but student_logits on "
             f"{student_logits.device}; move both to one device"
         )
-    vt, vs = teacher_logits.shape[-1], student_logits.shape[-1]
-    if vocab_size is None:
-        if vt != vs:
-            raise VcrdError(
-                f"chunked_divergence: teacher and student logits have different vocabulary sizes ({vt} vs {vs}, "
-                "padded lm_heads); pass vocab_size=<the tokenizer's real vocabulary size>"
-            )
-        vocab = vt
-    else:
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or not 1 <= vocab_size <= min(vt, vs):
-            raise VcrdError(
-                f"chunked_divergence: vocab_size={vocab_size!r} is invalid; expected an int in [1, {min(vt, vs)}] "
-                f"(teacher logits have {vt} columns, student logits {vs})"
-            )
-        vocab = vocab_size
-    if not (isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and temperature > 0):
-        raise VcrdError(f"chunked_divergence: temperature={temperature!r} is invalid; expected a number > 0")
-    if temperature == float("inf"):
-        raise VcrdError("chunked_divergence: temperature=inf is invalid; expected a finite number > 0")
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise VcrdError(f"chunked_divergence: chunk_size={chunk_size!r} is invalid; expected an int >= 1 or None")
-    m = 1
-    for d in student_logits.shape[:-1]:
-        m *= d
+    where = "chunked_divergence"
+    vocab = checked_vocab(where, vocab_size, teacher_logits.shape[-1], student_logits.shape[-1], "logits")
+    check_temperature_and_chunk_size(where, temperature, chunk_size)
+    m = check_rows(where, rows, tuple(student_logits.shape[:-1]))
     if rows is not None:
-        if not isinstance(rows, torch.Tensor) or rows.dim() != 1 or rows.dtype not in (torch.int64, torch.int32):
-            raise VcrdError("chunked_divergence: rows must be a 1-D int64 tensor of flat row indices (decision points)")
-        if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= m):
-            raise VcrdError(
-                f"chunked_divergence: rows must lie in [0, {m}) (the flattened leading dims "
-                f"{tuple(student_logits.shape[:-1])}); got values in [{int(rows.min())}, {int(rows.max())}]"
-            )
         if torch.unique(rows).numel() != rows.numel():
             raise VcrdError("chunked_divergence: rows contains duplicate indices; each decision point must appear once")
     return vocab, m
@@ -169,7 +118,7 @@ class _ChunkedDivergenceFunction(torch.autograd.Function):
         # Contiguous so that its flat [M, Vs] view always exists; zeros at unselected rows and padded columns.
         grad = torch.zeros(student_logits.shape, dtype=student_logits.dtype, device=student_logits.device)
         grad_rows = grad.view(-1, grad.shape[-1])[:, :vocab]
-        teacher, student = _Rows(teacher_logits, vocab), _Rows(student_logits, vocab)
+        teacher, student = FlatRows(teacher_logits, vocab), FlatRows(student_logits, vocab)
         for start in range(0, n, chunk):
             r = rows[start : start + chunk]
             with torch.enable_grad():
@@ -256,7 +205,7 @@ def chunked_divergence(
 
     if not (student_logits.requires_grad and torch.is_grad_enabled()):
         out = torch.empty(rows.numel(), dtype=torch.float32, device=student_logits.device)
-        teacher, student = _Rows(teacher_logits, vocab), _Rows(student_logits.detach(), vocab)
+        teacher, student = FlatRows(teacher_logits, vocab), FlatRows(student_logits.detach(), vocab)
         with torch.no_grad():
             for start in range(0, rows.numel(), chunk):
                 r = rows[start : start + chunk]

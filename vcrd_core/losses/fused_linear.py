@@ -85,7 +85,6 @@ slice of the selected rows and its extras), and returns the chunk's coefficients
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -94,6 +93,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from vcrd_core.errors import VcrdError
+from vcrd_core.losses.inputs import FlatRows, check_rows, check_temperature_and_chunk_size, checked_vocab, is_number
 
 if TYPE_CHECKING:
     from vcrd_core.losses.divergence import Divergence
@@ -217,29 +217,6 @@ def row_coefficients(
     return w, int(counts.numel())
 
 
-class _Rows:
-    """Reads rows of a ``[..., H]`` tensor by flat row index without copying the whole tensor."""
-
-    def __init__(self, x: torch.Tensor) -> None:
-        self.lead = tuple(x.shape[:-1])
-        try:
-            self.flat: torch.Tensor | None = x.view(-1, x.shape[-1])
-            self.x = None
-        except RuntimeError:  # a non-contiguous slice such as hidden[:, :-1]
-            self.flat = None
-            self.x = x
-
-    def take(self, rows: torch.Tensor) -> torch.Tensor:
-        if self.flat is not None:
-            return self.flat.index_select(0, rows)
-        assert self.x is not None
-        return self.x[torch.unravel_index(rows, self.lead)]
-
-
-def _is_number(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
 def _check_matrix(what: str, hidden: object, weight: object, bias: object) -> tuple[int, int]:
     """``hidden [..., H]``, ``weight [V, H]``, ``bias [V]``; returns ``(V, H)``."""
     if not isinstance(hidden, torch.Tensor) or hidden.dim() < 1 or not hidden.is_floating_point():
@@ -270,11 +247,11 @@ def _check_extras(want: RowExtras, n: int, vocab: int, device: torch.device) -> 
     if not isinstance(want, RowExtras):
         raise VcrdError(f"{_WHERE}: want must be a RowExtras(...) or None, got {type(want).__name__}")
     if want.student_sample:
-        if not (_is_number(want.sample_temperature) and want.sample_temperature >= 0):
+        if not (is_number(want.sample_temperature) and want.sample_temperature >= 0):
             raise VcrdError(
                 f"{_WHERE}: RowExtras.sample_temperature={want.sample_temperature!r}; expected a number >= 0"
             )
-        if not (_is_number(want.top_p) and 0 < want.top_p <= 1):
+        if not (is_number(want.top_p) and 0 < want.top_p <= 1):
             raise VcrdError(f"{_WHERE}: RowExtras.top_p={want.top_p!r}; expected a number in (0, 1]")
         if want.generator is not None and torch.device(want.generator.device).type != device.type:
             raise VcrdError(
@@ -282,7 +259,7 @@ def _check_extras(want: RowExtras, n: int, vocab: int, device: torch.device) -> 
                 "create it with torch.Generator(device=hidden.device)"
             )
     if want.teacher_token_prob or want.teacher_topk_sq:
-        if not (_is_number(want.judge_temperature) and want.judge_temperature > 0):
+        if not (is_number(want.judge_temperature) and want.judge_temperature > 0):
             raise VcrdError(f"{_WHERE}: RowExtras.judge_temperature={want.judge_temperature!r}; expected a number > 0")
     if want.teacher_topk_sq and (isinstance(want.top_k, bool) or not isinstance(want.top_k, int) or want.top_k < 1):
         raise VcrdError(f"{_WHERE}: RowExtras.top_k={want.top_k!r}; expected an int >= 1")
@@ -354,7 +331,7 @@ def _run(
     bs = None if student_bias is None else student_bias.detach()[:vocab]
     wt = plan.teacher_weight[:vocab]
     bt = None if plan.teacher_bias is None else plan.teacher_bias[:vocab]
-    s_rows, t_rows = _Rows(student_hidden.detach()), _Rows(plan.teacher_hidden)
+    s_rows, t_rows = FlatRows(student_hidden.detach()), FlatRows(plan.teacher_hidden)
 
     values = torch.empty(n, dtype=torch.float32, device=device)
     want_greedy = want.student_greedy or (want.teacher_token_prob and want.token_ids is None)
@@ -584,36 +561,10 @@ def fused_linear_divergence(
             f"{_WHERE}: teacher_hidden is on {teacher_hidden.device} but student_hidden on {device}; "
             "move both to one device"
         )
-    if vocab_size is None:
-        if v_t != v_s:
-            raise VcrdError(
-                f"{_WHERE}: teacher and student lm_heads have different vocabulary sizes ({v_t} vs {v_s}, padded "
-                "lm_heads); pass vocab_size=<the tokenizer's real vocabulary size>"
-            )
-        vocab = v_s
-    else:
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or not 1 <= vocab_size <= min(v_t, v_s):
-            raise VcrdError(
-                f"{_WHERE}: vocab_size={vocab_size!r} is invalid; expected an int in [1, {min(v_t, v_s)}] "
-                f"(teacher lm_head has {v_t} rows, student lm_head {v_s})"
-            )
-        vocab = vocab_size
-    if not (_is_number(temperature) and temperature > 0):
-        raise VcrdError(f"{_WHERE}: temperature={temperature!r} is invalid; expected a finite number > 0")
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise VcrdError(f"{_WHERE}: chunk_size={chunk_size!r} is invalid; expected an int >= 1 or None")
-    m = _numel_lead(student_hidden)
-    if rows is None:
-        rows = torch.arange(m, device=device)
-    else:
-        if not isinstance(rows, torch.Tensor) or rows.dim() != 1 or rows.dtype not in (torch.int64, torch.int32):
-            raise VcrdError(f"{_WHERE}: rows must be a 1-D int64 tensor of flat row indices (decision points)")
-        rows = rows.to(device).long()
-        if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= m):
-            raise VcrdError(
-                f"{_WHERE}: rows must lie in [0, {m}) (the flattened leading dims {tuple(student_hidden.shape[:-1])}); "
-                f"got values in [{int(rows.min())}, {int(rows.max())}]"
-            )
+    vocab = checked_vocab(_WHERE, vocab_size, v_t, v_s, "lm_heads")
+    check_temperature_and_chunk_size(_WHERE, temperature, chunk_size)
+    m = check_rows(_WHERE, rows, tuple(student_hidden.shape[:-1]))
+    rows = torch.arange(m, device=device) if rows is None else rows.to(device).long()
     n = rows.numel()
     coefficient_fn = None
     if weights is None:
