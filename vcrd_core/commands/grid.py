@@ -6,6 +6,7 @@ import argparse
 
 from rich.console import Console
 
+from vcrd_core.commands import add_command
 from vcrd_core.grid.results import print_table, write_results
 from vcrd_core.grid.run import progress_line, run_local, run_submitit
 from vcrd_core.grid.spec import load_grid, validate_cells
@@ -28,8 +29,10 @@ def _grid(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "grid",
+        _grid,
         help="run an ablation grid: a base config, axes, zipped axes and seeds (locally, sharded, or via submitit)",
         description="Expand GRID.yaml into cells (every combination of its axes, once per seed), validate every "
         "cell's config before anything runs, then run the unfinished cells (a rerun runs only those) and write "
@@ -45,4 +48,3 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--cluster", choices=("local", "slurm"), default=None, help="submitit's cluster (default: auto)")
     p.add_argument("--validate", action="store_true", help="only expand and validate every cell")
-    p.set_defaults(func=_grid)
