@@ -24,7 +24,7 @@ from rich.console import Console
 
 from vcrd_core.config.models import RunConfig
 from vcrd_core.decision_points import DecisionPoints, Stream
-from vcrd_core.errors import VcrdError
+from vcrd_core.errors import ConfigError, VcrdError
 from vcrd_core.judging.analysis import HISTOGRAM_FILE, plot_validity_histogram, validity_stats
 from vcrd_core.judging.judge import Judge, JudgeContext
 from vcrd_core.judging.scoring import ScoredBatch, score_batch
@@ -36,6 +36,7 @@ from vcrd_core.rollouts.run import _progress, store_dir
 from vcrd_core.rollouts.store import SCHEMA, RolloutStore, model_fingerprint
 from vcrd_core.runs.atomic import atomic_write_text
 from vcrd_core.runs.preflight import preflight
+from vcrd_core.runs.provenance import first_difference
 
 STREAM_OF_ROLE = {"teacher": Stream.TEACHER_PREFIX, "student": Stream.STUDENT_PREFIX}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -72,7 +73,15 @@ def setups(config: RunConfig) -> dict[str, StreamSetup]:
 
 
 def scoring_identity(config: RunConfig, found: dict[str, StreamSetup]) -> dict[str, Any]:
+    """What scores depend on: both models (the other model proposes on each prefix), seed, proposals and
+    sampling, and each scored stream's judge and rule. A store scored with another identity is rescored or
+    refused, never mixed."""
+    models = {
+        role: {"fingerprint": model_fingerprint(spec.path), "dtype": spec.dtype}
+        for role, spec in (("teacher", config.models.teacher), ("student", config.models.student))
+    }
     return {
+        "models": models,
         "seed": config.seed,
         "proposals": config.proposals.model_dump(mode="json"),
         "temperature": config.rollouts.temperature,
@@ -111,6 +120,23 @@ def batch_tensors(rows: list[dict[str, Any]], pad_id: int) -> tuple[torch.Tensor
         attn[i, : len(p) + len(y)] = 1
         resp[i, len(p) : len(p) + len(y)] = True
     return ids, attn, resp
+
+
+def check_scored_with(config: RunConfig, store: RolloutStore, roles: list[str]) -> None:
+    """Refuse (one line, before any model is loaded) offline training on scores that another setup made:
+    other models, seed, proposals, sampling, judge or weighting rule than ``config`` names for ``roles``."""
+    scored = store.manifest().get("scoring")
+    wanted = json.loads(json.dumps(scoring_identity(config, {r: s for r, s in setups(config).items() if r in roles})))
+    if scored is None:
+        raise ConfigError("scoring.mode", f"rollout store '{store.root}' has no scores; run `vcrd score CONFIG` first")
+    scored = {**scored, "streams": {r: scored.get("streams", {}).get(r) for r in roles}}
+    difference = first_difference(scored, wanted, "scoring")
+    if difference:
+        raise ConfigError(
+            "scoring.mode",
+            f"offline mode: the rollout store '{store.root}' was scored with another setup ({difference}); "
+            "run `vcrd score CONFIG --overwrite` with this config, or train online",
+        )
 
 
 def _per_row(values: torch.Tensor | None, rows: list[dict[str, Any]], cast: Any) -> list[Any]:

@@ -43,6 +43,7 @@ from vcrd_core.decision_points import Stream
 from vcrd_core.errors import VcrdError
 from vcrd_core.judging.score_records import ScoreRecord
 from vcrd_core.runs.atomic import atomic_write_text
+from vcrd_core.runs.provenance import first_difference
 
 FORMAT = "vcrd-rollouts"
 FORMAT_VERSION = 1
@@ -181,7 +182,7 @@ class RolloutStore:
             old = self.manifest()
             wanted = {"identity": identity, "layout": layout.__dict__ | {"roles": list(layout.roles)}}
             for key in ("identity", "layout"):
-                diff = _first_difference(old.get(key), json.loads(json.dumps(wanted[key])), key)
+                diff = first_difference(old.get(key), json.loads(json.dumps(wanted[key])), key)
                 if diff:
                     raise VcrdError(
                         f"rollout store '{self.root}' was made differently ({diff}); use another store directory "
@@ -192,9 +193,15 @@ class RolloutStore:
             shutil.rmtree(self.data, ignore_errors=True)
             for f in self.root.glob("summary*.json"):
                 f.unlink()
-        elif self.root.is_dir() and any(self.root.iterdir()) and not self.manifest_path.exists():
-            raise VcrdError(f"'{self.root}' is not empty and holds no rollout store; choose an empty or new directory")
-        self.data.mkdir(parents=True, exist_ok=True)
+        elif self.root.is_dir() and not self.manifest_path.exists():
+            # another shard process may be creating this store right now: its manifest's temporary file and
+            # an empty data/ are not "something else"; anything more is
+            foreign = [f for f in self.root.iterdir() if not (f.name.startswith(".") or f == self.data)]
+            if foreign or self.files():
+                raise VcrdError(
+                    f"'{self.root}' is not empty and holds no rollout store; choose an empty or new directory"
+                )
+        self.root.mkdir(parents=True, exist_ok=True)
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -205,6 +212,7 @@ class RolloutStore:
             **record,
         }
         atomic_write_text(self.manifest_path, json.dumps(manifest, indent=2) + "\n")
+        self.data.mkdir(exist_ok=True)  # after the manifest: a concurrent shard never sees data/ without it
 
     # -- chunks -----------------------------------------------------------------------------------------
     def chunk_path(self, role: str, chunk: int) -> Path:
@@ -288,15 +296,3 @@ class RolloutStore:
 
 def _with_score_columns(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{c: None for c in SCORE_COLUMNS} | r for r in rows]
-
-
-def _first_difference(old: Any, new: Any, path: str) -> str | None:
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in sorted(set(old) | set(new)):
-            diff = _first_difference(old.get(key), new.get(key), f"{path}.{key}")
-            if diff:
-                return diff
-        return None
-    if old != new:
-        return f"{path}: {json.dumps(old)} then, {json.dumps(new)} now"
-    return None

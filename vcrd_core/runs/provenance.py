@@ -96,3 +96,17 @@ def write_run_metadata(output_dir: str | Path, config: RunConfig, **extra: Any) 
     atomic_write_text(out / "config.yaml", yaml.safe_dump(resolved_dict(config), sort_keys=False))
     atomic_write_text(out / "provenance.json", json.dumps(record, indent=2) + "\n")
     return record
+
+
+def first_difference(old: Any, new: Any, path: str = "") -> str | None:
+    """The first place two recorded setups (nested JSON-like values) differ, as one phrase
+    (``scoring.seed: 3 then, 4 now``), or None when they are equal. Used to refuse mixing runs and stores."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in list(old) + [k for k in new if k not in old]:
+            found = first_difference(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))
+            if found:
+                return found
+        return None
+    if old == new:
+        return None
+    return f"{path or 'value'}: {json.dumps(old, default=str)} then, {json.dumps(new, default=str)} now"

@@ -36,9 +36,11 @@ from vcrd_core.losses.objective import VCRDObjective
 from vcrd_core.losses.weighting import WeightingRule
 from vcrd_core.plugins.manager import get_plugin_manager
 from vcrd_core.plugins.registry import create
+from vcrd_core.rollouts.scoring import check_scored_with
+from vcrd_core.rollouts.store import RolloutStore
 from vcrd_core.runs.atomic import atomic_write_text
 from vcrd_core.runs.preflight import RUN_MARKERS, load_tokenizer, preflight
-from vcrd_core.runs.provenance import write_run_metadata
+from vcrd_core.runs.provenance import first_difference, write_run_metadata
 from vcrd_core.training.arguments import training_arguments_kwargs
 from vcrd_core.training.data import STREAM_ROLE, RolloutCollator, RolloutExamples, rows_from_store
 from vcrd_core.training.evaluation import PeriodicEvaluation
@@ -95,7 +97,7 @@ def check_output_dir(config: RunConfig, resume: bool) -> Path:
             stored = None
         now = yaml.safe_load(yaml.safe_dump(resolved_dict(config), sort_keys=False))
         if stored != now:
-            diff = _first_difference(stored, now, "") or "config.yaml unreadable"
+            diff = first_difference(stored, now) or "config.yaml unreadable"
             raise ConfigError(
                 "output.dir", f"'{out}' holds a different run ({diff}); --resume continues the same config only"
             )
@@ -107,16 +109,6 @@ def check_output_dir(config: RunConfig, resume: bool) -> Path:
             "output.overwrite: true",
         )
     return out
-
-
-def _first_difference(old: Any, new: Any, path: str) -> str | None:
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in list(old) + [k for k in new if k not in old]:
-            d = _first_difference(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))
-            if d:
-                return d
-        return None
-    return None if old == new else f"{path or 'config'}: {old!r} there, {new!r} now"
 
 
 def latest_checkpoint(out: Path) -> Path | None:
@@ -230,7 +222,10 @@ def prepare(config: RunConfig, *, resume: bool, rows: Iterable[Mapping[str, Any]
     need_weights = [s for s in streams if offline and rules[s].uses_scores()]
     if rows is None:
         roles = [STREAM_ROLE[s] for s in streams]
-        rows = rows_from_store(store_path(config), roles, need_weights=[STREAM_ROLE[s] for s in need_weights])
+        scored_roles = [STREAM_ROLE[s] for s in need_weights]
+        rows = rows_from_store(store_path(config), roles, need_weights=scored_roles)
+        if scored_roles:  # weights made by another judge, rule, seed or models are never trained on
+            check_scored_with(config, RolloutStore(store_path(config)), scored_roles)
     dataset = RolloutExamples(rows, streams, max_length=config.data.max_length, with_weights=need_weights)
     evaluation = PeriodicEvaluation.from_config(config, tokenizer=checked.tokenizer, out_dir=out)
     return {

@@ -62,7 +62,7 @@ def test_output_dir_holding_another_run(tmp_path: Path, dirs: tuple[Path, Path])
     (out / "config.yaml").write_text("name: other\n")
     (out / "provenance.json").write_text("{}\n")
     assert "already holds a run; pass --resume" in refused(cfg)
-    assert "holds a different run (name: 'other' there, 'vcrd' now)" in refused(cfg, resume=True)
+    assert 'holds a different run (name: "other" then, "vcrd" now)' in refused(cfg, resume=True)
 
 
 @pytest.mark.usefixtures("no_model_loading")
@@ -104,3 +104,30 @@ def test_offline_mode_with_a_store_without_scores(tmp_path: Path, dirs: tuple[Pa
     # rows without weights given directly are refused the same way
     with pytest.raises(Exception, match="offline mode needs scored rollouts"):
         run_train(run_config(cfg), rows=rows(4))
+
+
+@pytest.mark.usefixtures("no_model_loading")
+def test_offline_mode_refuses_scores_made_by_another_setup(tmp_path: Path, dirs: tuple[Path, Path]) -> None:
+    from vcrd_core.rollouts.scoring import scoring_identity, setups
+    from vcrd_core.rollouts.store import Layout, RolloutStore
+    from vcrd_core.runs.atomic import atomic_write_text
+
+    store = RolloutStore(tmp_path / "store")
+    store.open({"test": 1}, Layout(4, 4, ("teacher", "student")))
+    for role in ("teacher", "student"):
+        scored = [r | {"weights": [1.0] * len(r["response_token_ids"])} for r in rows(4) if r["role"] == role]
+        store.write_chunk(role, 0, [dict(r, text="", finish_reason="stop") for r in scored])
+    cfg = config_dict(tmp_path, *dirs, scoring={"mode": "offline"}, rollouts={"store": str(tmp_path / "store")})
+    scored_with = run_config(cfg)
+    manifest = store.manifest() | {"scoring": scoring_identity(scored_with, setups(scored_with))}
+    atomic_write_text(store.manifest_path, json.dumps(manifest))
+
+    other = json.loads(json.dumps(cfg))
+    other["weighting"] = {"name": "clamp", "params": {"inner": {"name": "ratio"}, "max": 1}}
+    message = refused(other, rows=None)
+    assert "was scored with another setup (scoring.streams.teacher.weighting.name" in message
+    other = json.loads(json.dumps(cfg)) | {"seed": 4}
+    assert "(scoring.seed: 3 then, 4 now)" in refused(other, rows=None)
+    # the setup it was scored with passes every check and goes on to load the models
+    with pytest.raises(AssertionError, match="a model was loaded"):
+        run_train(scored_with, rows=None)
