@@ -17,6 +17,7 @@ import yaml
 from tests.conftest import ROOT, VENV_BIN, run_vcrd
 from vcrd_core.errors import VcrdError
 from vcrd_core.grid.results import markdown, summarize
+from vcrd_core.grid.run import run_local
 from vcrd_core.grid.spec import load_grid, validate_cells
 
 HERE = Path(__file__).resolve().parent
@@ -204,3 +205,20 @@ def test_example_grids_validate_every_cell(grid_file: Path) -> None:
     assert len({c.config.output.dir for c in grid.cells}) == len(grid.cells)
     labels = {c.label for c in grid.cells}
     assert grid.spec.baseline is None or grid.spec.baseline in labels
+
+
+@pytest.mark.usefixtures("stages_importable")
+def test_a_changed_grid_reruns_its_changed_cells_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in _env(tmp_path).items():
+        monkeypatch.setenv(key, value)
+    grid_file = _grid(tmp_path, [{"name": "ratio"}, {"name": "constant"}], [0])
+    assert len(run_local(validate_cells(load_grid(grid_file)))) == 2
+    assert run_local(validate_cells(load_grid(grid_file))) == []  # finished: nothing to run
+    grid_file = _grid(tmp_path, [{"name": "ratio"}, {"name": "constant"}, {"name": "student_only"}], [0])
+    assert [c.id for c in run_local(validate_cells(load_grid(grid_file)))] == ["2-student-only-s0"]
+    grid_file = _grid(
+        tmp_path, [{"name": "ratio"}, {"name": "constant"}], [0], set={"objective.reduction": "token_mean"}
+    )
+    grid = validate_cells(load_grid(grid_file))
+    assert len(run_local(grid)) == 2  # same cells, another config: their old metrics are stale
+    assert len(_csv_rows(tmp_path / "out" / "results.csv")) == 2

@@ -7,7 +7,6 @@ Every file is written atomically: a reader sees the previous complete file or th
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import tempfile
@@ -15,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vcrd_core.grid.spec import Grid
+from vcrd_core.grid.spec import Grid, finished_record
 from vcrd_core.runs.atomic import atomic_writer
 
 CSV_FILE, MD_FILE, PNG_FILE = "results.csv", "results.md", "results.png"
@@ -23,12 +22,7 @@ CSV_FILE, MD_FILE, PNG_FILE = "results.csv", "results.md", "results.png"
 
 def finished(grid: Grid) -> list[dict[str, Any]]:
     """The records (``metrics.json``) of the finished cells, in cell order."""
-    out = []
-    for cell in grid.cells:
-        path = cell.dir / "metrics.json"
-        if path.is_file():
-            out.append(json.loads(path.read_text(encoding="utf-8")))
-    return out
+    return [r for r in (finished_record(cell) for cell in grid.cells) if r is not None]
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:

@@ -24,7 +24,7 @@ from rich.console import Console
 from vcrd_core.errors import VcrdError
 from vcrd_core.evaluation.run import flat_results, run_evaluation
 from vcrd_core.grid.results import write_results
-from vcrd_core.grid.spec import Cell, Grid, load_grid, resolve_stage, validate_cells
+from vcrd_core.grid.spec import METRICS, Cell, Grid, is_done, load_grid, resolve_stage, validate_cells
 from vcrd_core.rollouts.run import generate_rollouts
 from vcrd_core.rollouts.scoring import score_store
 from vcrd_core.rollouts.store import parse_shard
@@ -32,13 +32,8 @@ from vcrd_core.runs.atomic import atomic_write_text
 from vcrd_core.runs.provenance import write_run_metadata
 from vcrd_core.training.run import run_train
 
-METRICS = "metrics.json"
 _QUIET = Console(stderr=True, quiet=True)
 RUNNING = "running.json"
-
-
-def is_done(cell: Cell) -> bool:
-    return (cell.dir / METRICS).is_file()
 
 
 def _alive(pid: int) -> bool:
@@ -151,6 +146,7 @@ def run_cell(grid: Grid, cell: Cell) -> dict[str, Any]:
         "label": cell.label,
         "seed": cell.seed,
         "seconds": round(time.perf_counter() - start, 3),
+        "fingerprint": cell.fingerprint,
         "metrics": metrics,
     }
     atomic_write_text(cell.dir / METRICS, json.dumps(record, indent=2) + "\n")

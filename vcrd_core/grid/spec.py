@@ -33,6 +33,7 @@ under LoRA), ``eval`` (``vcrd eval`` of the trained student), or ``module:functi
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import itertools
 import json
@@ -45,7 +46,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from vcrd_core.config.loader import apply_set, load_raw, validate
+from vcrd_core.config.loader import apply_set, load_raw, resolved_dict, validate
 from vcrd_core.config.models import RunConfig
 from vcrd_core.config.validation import first_error
 from vcrd_core.errors import VcrdError
@@ -99,11 +100,29 @@ class Cell:
     overrides: list[str]
     dir: Path
     config: RunConfig | None = None
+    fingerprint: str | None = None  # of the resolved config and the stages: a finished cell made otherwise is stale
 
     @property
     def label(self) -> str:
         """The combination without the seed (what results group by)."""
         return ", ".join(self.labels.values()) or "base"
+
+
+METRICS = "metrics.json"
+
+
+def finished_record(cell: Cell) -> dict[str, Any] | None:
+    """The cell's ``metrics.json`` if this very cell made it: one made from another config or other stages (the
+    grid file or its base changed since) is stale, and the cell runs again."""
+    try:
+        record = json.loads((cell.dir / METRICS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if cell.fingerprint is None or record.get("fingerprint") == cell.fingerprint else None
+
+
+def is_done(cell: Cell) -> bool:
+    return finished_record(cell) is not None
 
 
 @dataclass
@@ -228,6 +247,8 @@ def validate_cells(grid: Grid) -> Grid:
             for assignment in cell.overrides:
                 apply_set(raw, assignment)
             cell.config = validate(raw)
+            made = {"config": resolved_dict(cell.config), "stages": grid.spec.stages}
+            cell.fingerprint = hashlib.sha256(json.dumps(made, sort_keys=True).encode()).hexdigest()
         except VcrdError as exc:
             raise VcrdError(f"grid cell {cell.id} ({cell.label}, seed {cell.seed}): {exc}") from None
     return grid

@@ -30,8 +30,9 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from vcrd_arithmetic.evaluate import held_out_accuracy
+from vcrd_arithmetic.evaluate import exact_evaluators, held_out_accuracy
 from vcrd_arithmetic.task import TaskSpec, build_task
+from vcrd_core.config.loader import load_config
 from vcrd_core.errors import VcrdError
 from vcrd_core.judging.analysis import plot_validity_histogram, validity_stats
 from vcrd_core.judging.score_records import ScoreRecord
@@ -68,9 +69,10 @@ def _has_weights(d: Path) -> bool:
     return (d / "final" / "model.safetensors").is_file()
 
 
-def paths(out: Path) -> dict[str, str]:
+def paths(out: Path) -> dict[str, Any]:
     task = out / "task"
     return {
+        "evaluation.evaluators": exact_evaluators(task / "test.jsonl"),
         "models.teacher.path": str(out / "teacher-sft" / "final"),
         "models.student.path": str(out / "student-sft" / "final"),
         "models.tokenizer": str(task / "tokenizer"),
@@ -80,8 +82,12 @@ def paths(out: Path) -> dict[str, str]:
     }
 
 
+def _assignments(values: dict[str, Any]) -> list[str]:
+    return [f"{k}={json.dumps(v)}" for k, v in values.items()]
+
+
 def _sets(values: dict[str, Any]) -> list[str]:
-    return [arg for k, v in values.items() for arg in ("--set", f"{k}={json.dumps(v)}")]
+    return [arg for a in _assignments(values) for arg in ("--set", a)]
 
 
 def train_models(out: Path, configs: Path, console: Console, teacher_steps: int, student_steps: int) -> None:
@@ -112,13 +118,14 @@ def train_models(out: Path, configs: Path, console: Console, teacher_steps: int,
     console.print(f"SFT done in {time.perf_counter() - start:.0f}s")
 
 
-def baselines(out: Path, console: Console) -> dict[str, Any]:
+def baselines(out: Path, configs: Path, console: Console) -> dict[str, Any]:
+    """The teacher's and the student-before's held-out accuracy (``vcrd eval`` with ``exact``)."""
     file = out / "baselines.json"
     if file.is_file():
         return json.loads(file.read_text())
-    p = paths(out)
+    config = load_config(configs / "distill.yaml", _assignments(paths(out)))
     found = {
-        role: held_out_accuracy(p[f"models.{role}.path"], p["models.tokenizer"], p["data.eval"])
+        role: held_out_accuracy(config, getattr(config.models, role).path, out / "eval" / role)
         for role in ("teacher", "student")
     }
     atomic_write_text(file, json.dumps(found, indent=2) + "\n")
@@ -240,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         if not (out / "task" / "task.json").is_file():
             build_task(out / "task", TaskSpec())
         train_models(out, configs, console, args.teacher_steps, args.student_steps)
-        base = baselines(out, console)
+        base = baselines(out, configs, console)
         rollouts(out, configs, console)
         grid_file = write_grid(out, configs, args.seeds)
         run_grid(grid_file, out, console)

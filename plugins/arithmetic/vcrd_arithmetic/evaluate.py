@@ -1,15 +1,14 @@
-"""Held-out accuracy on the toy task, graded with the grammar's own answer check.
+"""Held-out accuracy on the toy task: the framework's ``exact`` evaluator plus derivation validity.
 
-Greedy decoding through the ``hf`` generator (the rollout stage's generator, so prompts are rendered and
-tokenized exactly as in training), then per problem:
+Greedy decoding and grading go through ``vcrd eval`` (:func:`vcrd_core.evaluation.run.run_evaluation`) with
+the ``exact`` evaluator, whose answer extraction is the grammar's own (``extract:
+vcrd_arithmetic.grammar:final_answer``, the integer after the last ``=``), so the demo grades exactly as a
+user's ``vcrd eval`` does. From the same samples this module adds what ``exact`` cannot see:
 
-* ``accuracy``: the integer after the response's last ``=`` equals Python's value of the problem
-  (:func:`vcrd_arithmetic.grammar.final_answer`, :func:`vcrd_arithmetic.grammar.evaluate`);
+* ``accuracy``: the ``exact`` score (the extracted integer equals the reference, Python's value);
 * ``valid``: the whole response is a correct step-by-step derivation (:func:`grammar.is_complete`).
 
-The framework's ``exact`` evaluator (``vcrd eval``) was not available when the demo was written; this module
-grades with the same grammar module that the ``oracle`` judge uses. :func:`grid_stage` plugs it into a
-``vcrd grid`` as a stage (``stages: [..., "vcrd_arithmetic.evaluate:grid_stage"]``).
+:func:`grid_stage` plugs it into a ``vcrd grid`` as a stage (``stages: [..., "vcrd_arithmetic.evaluate:grid_stage"]``).
 """
 
 from __future__ import annotations
@@ -18,14 +17,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+
 from vcrd_arithmetic.grammar import evaluate, final_answer, is_complete
-from vcrd_core import create
-from vcrd_core.config.models import DataConfig, RunConfig
-from vcrd_core.data.prompts import load_prompts
+from vcrd_core.config.models import RunConfig
 from vcrd_core.errors import ConfigError
-from vcrd_core.plugins.kinds import GENERATORS
-from vcrd_core.rollouts.generator import GeneratorContext, Sampling
-from vcrd_core.runs.preflight import load_tokenizer
+from vcrd_core.evaluation.run import run_evaluation
+
+#: The ``exact`` evaluator with the task's extraction (its dataset path is filled in from ``data.eval``).
+EXTRACT = "vcrd_arithmetic.grammar:final_answer"
 
 
 def grade(prompt: str, response: str) -> dict[str, bool]:
@@ -36,56 +36,28 @@ def grade(prompt: str, response: str) -> dict[str, bool]:
     }
 
 
-def held_out_accuracy(
-    model_path: str | Path,
-    tokenizer_path: str | Path,
-    prompts_file: str | Path,
-    *,
-    max_new_tokens: int = 32,
-    batch_size: int = 256,
-    samples_file: str | Path | None = None,
-) -> dict[str, Any]:
-    """Greedy ``accuracy`` and ``valid`` shares (and counts) of ``model_path`` on the prompts of ``prompts_file``."""
-    tokenizer = load_tokenizer(str(tokenizer_path), "models.tokenizer")
-    data = DataConfig(train=str(prompts_file), template="plain", max_prompt_length=32, max_length=64)
-    prompts = load_prompts(prompts_file, data, tokenizer)
-    generator = create(GENERATORS, "hf", {"batch_size": batch_size, "device": "cpu"})
-    generator.load(
-        GeneratorContext(
-            model_path=str(model_path),
-            tokenizer=tokenizer,
-            tokenizer_path=str(tokenizer_path),
-            vocab_size=len(tokenizer),
-            dtype="float32",
-        )
-    )
-    try:
-        samples = generator.generate(prompts.token_ids, Sampling(max_new_tokens=max_new_tokens, temperature=0.0))
-    finally:
-        generator.close()
-    graded = []
-    for prompt, (sample,) in zip(prompts.prompts, samples, strict=True):
-        graded.append({"prompt": prompt.text, "response": sample.text, **grade(prompt.text, sample.text)})
-    if samples_file is not None:
-        Path(samples_file).write_text("".join(json.dumps(g) + "\n" for g in graded), encoding="utf-8")
-    n = len(graded)
+def exact_evaluators(eval_file: str | Path) -> list[dict[str, Any]]:
+    """``evaluation.evaluators`` of the toy task: ``exact`` with the grammar's extraction on ``eval_file``."""
+    return [{"name": "exact", "params": {"extract": EXTRACT, "datasets": [{"name": "test", "path": str(eval_file)}]}}]
+
+
+def held_out_accuracy(config: RunConfig, model: str | Path, out_dir: str | Path) -> dict[str, Any]:
+    """``vcrd eval`` of ``model`` with ``config.evaluation`` (``exact``), then ``accuracy``, ``valid`` and ``n``
+    from its ``samples.jsonl`` in ``out_dir``."""
+    run_evaluation(config, model=str(model), out_dir=str(out_dir), console=Console(stderr=True, quiet=True))
+    samples = [json.loads(line) for line in (Path(out_dir) / "samples.jsonl").read_text().splitlines() if line]
+    if not samples:
+        raise ConfigError("evaluation.evaluators", f"no sample in {out_dir}/samples.jsonl")
+    n = len(samples)
     return {
-        "accuracy": sum(g["accuracy"] for g in graded) / n,
-        "valid": sum(g["valid"] for g in graded) / n,
+        "accuracy": sum(bool(s["correct"]) for s in samples) / n,
+        "valid": sum(is_complete(s["prompt"], s["output"]) for s in samples) / n,
         "n": n,
     }
 
 
 def grid_stage(config: RunConfig, cell_dir: Path) -> dict[str, Any]:
-    """A ``vcrd grid`` stage: grade the cell's trained student (``<output.dir>/final``) on ``data.eval``."""
-    if config.data.eval is None:
-        raise ConfigError("data.eval", "the arithmetic evaluation stage needs the held-out prompts in data.eval")
-    tokenizer = config.models.tokenizer or config.models.student.path
-    model = Path(config.output.dir) / "final"
-    return held_out_accuracy(
-        model,
-        tokenizer,
-        config.data.eval,
-        max_new_tokens=config.evaluation.max_new_tokens,
-        samples_file=Path(cell_dir) / "eval_samples.jsonl",
-    )
+    """A ``vcrd grid`` stage: grade the cell's trained student (``<output.dir>/final``) on ``evaluation``."""
+    if not config.evaluation.evaluators:
+        raise ConfigError("evaluation.evaluators", "the arithmetic grading stage needs the `exact` evaluator there")
+    return held_out_accuracy(config, Path(config.output.dir) / "final", Path(cell_dir) / "eval")
