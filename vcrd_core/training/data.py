@@ -12,7 +12,8 @@ stored: a *rollout row* is a mapping with
 
 :func:`rows_from_store` reads such rows from the rollout store (``vcrd_core.rollouts.store``). A sequence is the
 prompt followed by its response, right-padded in a batch, cut at ``data.max_length`` tokens (the response is
-shortened; the prompt is never cut).
+shortened; the prompt is never cut: an example whose prompt leaves no room for a response token is left out and
+counted, ``RolloutExamples.too_long``, and the run summary reports it).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class RolloutExamples(torch.utils.data.Dataset):
     ) -> None:
         self.streams = list(streams)
         slots: dict[tuple[int, int], dict[str, RolloutSequence]] = {}
+        too_long: set[tuple[int, int]] = set()
         for row in rows:
             role = row["role"]
             stream = next((s for s in self.streams if STREAM_ROLE[s] == role), None)
@@ -83,12 +85,17 @@ class RolloutExamples(torch.utils.data.Dataset):
                         f"rollout {role} of prompt {slot[0]} sample {slot[1]}: {len(weights)} weights for "
                         f"{len(response)} response tokens"
                     )
-            keep = max(0, max_length - len(prompt))
+            keep = max_length - len(prompt)
+            if keep <= 0:  # no room for one response token: no decision point; the prompt is never cut
+                too_long.add(slot)
+                continue
             if weights is not None:
                 weights = weights[:keep]
-            slots.setdefault(slot, {})[stream] = RolloutSequence(prompt[:max_length], response[:keep], weights)
-        complete = sorted(k for k, v in slots.items() if all(s in v for s in self.streams))
-        self.incomplete = len(slots) - len(complete)
+            slots.setdefault(slot, {})[stream] = RolloutSequence(prompt, response[:keep], weights)
+        complete = sorted(k for k, v in slots.items() if k not in too_long and all(s in v for s in self.streams))
+        #: (prompt, sample) slots left out because a prompt fills data.max_length
+        self.too_long = len(too_long)
+        self.incomplete = len(slots) - len(complete) - len(too_long & set(slots))
         self.slots = complete
         self.items = [slots[k] for k in complete]
         if not self.items:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.console import Console
 from transformers import TrainerCallback
 
@@ -69,22 +70,25 @@ class PeriodicEvaluation(TrainerCallback):
         )
         was_training = model.training
         model.eval()
-        try:
-            generator.load(context)
-            summary = evaluate(
-                generator,
-                self.tokenizer,
-                self.evaluators,
-                max_new_tokens=ev.max_new_tokens,
-                temperature=ev.temperature,
-                top_p=ev.top_p,
-                seed=self.config.seed,
-                out_dir=self.out_dir / "eval" / f"step-{step}",
-                items=self.items,
-                step=step,
-                console=Console(stderr=True),
-            )
-        finally:
-            generator.close()
-            model.train(was_training)
+        device = next(model.parameters()).device
+        # Generation seeds torch's RNG: the training run's RNG (dropout, shuffling) is restored afterwards.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            try:
+                generator.load(context)
+                summary = evaluate(
+                    generator,
+                    self.tokenizer,
+                    self.evaluators,
+                    max_new_tokens=ev.max_new_tokens,
+                    temperature=ev.temperature,
+                    top_p=ev.top_p,
+                    seed=self.config.seed,
+                    out_dir=self.out_dir / "eval" / f"step-{step}",
+                    items=self.items,
+                    step=step,
+                    console=Console(stderr=True),
+                )
+            finally:
+                generator.close()
+                model.train(was_training)
         self.results[step] = flat_results(summary)

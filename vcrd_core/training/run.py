@@ -368,6 +368,10 @@ def run_train(
         "static_scoring_seconds": trainer.static_scoring_seconds,
         "resumed_from": str(checkpoint) if checkpoint else None,
         "examples": len(prepared["dataset"]),
+        "examples_left_out": {
+            "prompt_fills_max_length": prepared["dataset"].too_long,
+            "missing_a_role": prepared["dataset"].incomplete,
+        },
     }
     if prepared["evaluation"] is not None:
         extra["evaluation"] = {str(step): r for step, r in prepared["evaluation"].results.items()}

@@ -32,9 +32,17 @@ score the alternatives — so caching it would save nothing), and judges that re
 
 **Safety.** A step whose loss or gradient is non-finite is skipped (gradients dropped before the optimizer
 step, so no parameter and no optimizer state changes; the learning-rate schedule advances) and counted;
-``training.max_nonfinite_steps`` consecutive skips stop the run with one line. A checkpoint is written only
-when every trainable parameter is finite, and is marked complete (``vcrd-complete``) only once fully written:
-resume takes the latest complete checkpoint.
+``training.max_nonfinite_steps`` consecutive skips stop the run with one line. Online, NaN / +inf logits at the
+decision points are not scored (nothing can be sampled from them): the step is skipped the same way. With fp16
+the GradScaler owns overflowing gradients (it skips such steps and lowers its scale, as usual); only a
+non-finite loss counts then. Under DeepSpeed, which keeps gradients to itself, only the loss is checked. A
+checkpoint is written only when every trainable parameter is finite, and is marked complete
+(``vcrd-complete``) only once fully written: resume takes the latest complete checkpoint.
+
+**Online proposals and dropout.** The student's proposals and greedy tokens come from the training forward
+(one student forward per micro-batch), so with LoRA dropout > 0 they are drawn from the dropout-perturbed
+student; offline scoring and the static cache use eval mode. Set ``training.lora.dropout: 0`` for online
+scoring of the exact current student (Table 9's 0.05 is the paper's setting).
 """
 
 from __future__ import annotations
@@ -120,6 +128,15 @@ class _StepMetrics:
     skipped: bool = False
 
 
+def _scorable(points: DecisionPoints, logits: torch.Tensor, chunk: int = 256) -> bool:
+    """No NaN or +inf at the points' logits rows (``-inf`` is a legitimate mask), one ``[chunk, V]`` at a time."""
+    for part in points.chunks(chunk):
+        rows = points.logits_at(logits, part.start, part.stop)
+        if bool(torch.isnan(rows).any() or torch.isposinf(rows).any()):
+            return False
+    return True
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -162,7 +179,8 @@ class EngineTrainer(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self._log_window and "loss" in logs:
-            keys = {k for m in self._log_window for k in m}
+            # Trainer's own loss (gathered over processes, NaN-filtered) and learning rate stay as they are.
+            keys = {k for m in self._log_window for k in m} - {"loss", "learning_rate"}
             for key in sorted(keys):
                 values = [m[key] for m in self._log_window if key in m]
                 logs[key] = sum(values) / len(values)
@@ -350,6 +368,10 @@ class VCRDTrainer(EngineTrainer):
         k = STREAM_KEY[stream]
         sc = self.scoring[stream]
         device = t_logits.device
+        if sc.judge is not None and not (_scorable(points, t_logits) and _scorable(points, s_logits)):
+            # NaN / +inf logits (an overflow) cannot be scored: the non-finite guard skips this step.
+            self._step.nonfinite_loss = True
+            return torch.zeros(points.shape, device=device)
         _sync(device)
         t0 = time.perf_counter()
         scored = score_batch(
@@ -476,7 +498,10 @@ class _VCRDCallback(TrainerCallback):
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         tr = self.trainer
+        scaler = getattr(tr.accelerator, "scaler", None)
         params = [p for p in tr.model.parameters() if p.requires_grad and p.grad is not None]
+        if scaler is not None:  # fp16: gradients are still scaled; the GradScaler skips overflowing steps itself
+            params = []
         finite = not tr._step.nonfinite_loss and all(bool(torch.isfinite(p.grad).all()) for p in params)
         flag = torch.tensor([0.0 if finite else 1.0], device=tr.accelerator.device)
         if tr.accelerator.num_processes > 1:
@@ -484,8 +509,9 @@ class _VCRDCallback(TrainerCallback):
         if float(flag) == 0:
             tr.consecutive_nonfinite = 0
             return
-        for p in tr.model.parameters():
-            p.grad = None  # the optimizer skips parameters without a gradient: no update, no state change
+        if scaler is None:
+            for p in tr.model.parameters():
+                p.grad = None  # the optimizer skips parameters without a gradient: no update, no state change
         tr._step.skipped = True
         tr.nonfinite_steps += 1
         tr.consecutive_nonfinite += 1

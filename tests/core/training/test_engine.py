@@ -297,3 +297,21 @@ def test_sft_from_scratch_lowers_the_loss(tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(tmp_path / "sft" / "final")
+
+
+def test_nan_student_logits_skip_the_step_instead_of_crashing_online_scoring(
+    tmp_path: Path, tiny: tuple[Path, Path]
+) -> None:
+    """An overflow in the student's forward: proposals cannot be sampled from NaN logits, so the step is
+    skipped by the non-finite guard (parameters unchanged) instead of the run crashing in the judge."""
+
+    class NaNLogitsAtStep1(VCRDTrainer):
+        def _forward_both(self, inputs: Any, model: Any) -> dict[str, Any]:
+            out = super()._forward_both(inputs, model)
+            if self.state.global_step == 1:
+                out = {k: (t, s * float("nan")) for k, (t, s) in out.items()}
+            return out
+
+    cfg = config_dict(tmp_path, *tiny, training={"max_steps": 3})  # online oracle, sampled proposals
+    trainer = train_with(cfg, NaNLogitsAtStep1)
+    assert [m["skipped"] for m in metrics(tmp_path / "run")] == [0, 1, 0] and trainer.nonfinite_steps == 1

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from tests.core.training.helpers import config_dict, models, rows, run_config
 from vcrd_core.errors import ConfigError
@@ -17,6 +19,7 @@ pytestmark = pytest.mark.slow
 
 
 def evaluation(path: Path, every: int | None = 2) -> dict[str, Any]:
+    """An `exact` evaluator on a toy JSONL with the arithmetic task's answer extraction."""
     dataset = {"name": "toy", "path": str(path), "prompt_field": "q", "answer_field": "a"}
     exact = {"name": "exact", "params": {"datasets": [dataset], "template": "plain",
                                           "extract": "vcrd_arithmetic.grammar:final_answer"}}  # fmt: skip
@@ -59,3 +62,18 @@ def test_a_missing_evaluation_dataset_is_refused_before_any_model_loads(tmp_path
     with pytest.raises(ConfigError, match=r"evaluation\.evaluators\.0"):
         run_train(config, rows=rows(8))
     assert not (tmp_path / "run" / "final").exists()
+
+
+def test_evaluating_during_training_leaves_the_training_run_unchanged(tmp_path: Path) -> None:
+    """Generation seeds torch's RNG; the run's own RNG (LoRA dropout, shuffling) is restored, so a run with
+    evaluation ends with exactly the parameters of the same run without it."""
+    teacher, student = models(tmp_path / "models")
+    data = tmp_path / "toy.jsonl"
+    data.write_text(json.dumps({"q": "2*3=", "a": "6"}) + "\n")
+    final = {}
+    for name, every in (("with", 1), ("without", None)):
+        cfg = config_dict(tmp_path / name, teacher, student, evaluation=evaluation(data, every))
+        run_train(run_config(cfg), rows=rows(8))
+        final[name] = load_file(tmp_path / name / "run" / "final" / "adapter_model.safetensors")
+    assert final["with"].keys() == final["without"].keys()
+    assert all(torch.equal(final["with"][k], final["without"][k]) for k in final["with"])

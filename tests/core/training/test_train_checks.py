@@ -131,3 +131,19 @@ def test_offline_mode_refuses_scores_made_by_another_setup(tmp_path: Path, dirs:
     # the setup it was scored with passes every check and goes on to load the models
     with pytest.raises(AssertionError, match="a model was loaded"):
         run_train(scored_with, rows=None)
+
+
+def test_an_example_whose_prompt_fills_max_length_is_left_out_and_counted_never_cut() -> None:
+    from vcrd_core.training.data import RolloutExamples
+
+    data = rows(3)
+    for r in data[:2]:  # prompt 0 (both roles) gets a prompt longer than max_length
+        r["prompt_token_ids"] = r["prompt_token_ids"] * 10
+    max_length = max(len(r["prompt_token_ids"]) for r in data[2:]) + 2
+    examples = RolloutExamples(data, ["teacher_prefix", "student_prefix"], max_length=max_length)
+    assert examples.too_long == 1 and len(examples) == 2 and examples.slots == [(1, 0), (2, 0)]
+    prompts = {(r["prompt_index"], r["role"]): r["prompt_token_ids"] for r in data}
+    for (index, _), item in zip(examples.slots, examples.items, strict=True):
+        for stream, seq in item.items():
+            assert seq.prompt == prompts[(index, stream.split("_")[0])]  # never cut
+            assert len(seq.prompt) + len(seq.response) <= max_length
