@@ -7,6 +7,11 @@ limits, drops to the unprivileged uid/gid for good, re-arms the parent-death sig
 clears it) and runs the program in this process (no ``execve``: ``RLIMIT_NPROC`` is checked at exec
 for the new uid). The run passed only if the program and its tests returned normally: then the
 request's nonce is written to stdout and the process ends with ``os._exit(0)``.
+
+Limitation: the nonce lives in this process, so a program written to *forge* a pass can read it (e.g.
+through ``sys._getframe``) and print it. The sandbox protects the machine, the run and its files from the
+program; it does not make the grade of deliberately adversarial code trustworthy (no in-process secret
+can). Exit tricks (``sys.exit(0)``, ``os._exit(0)``, forks) without reading the nonce do fail.
 """
 
 import ctypes
