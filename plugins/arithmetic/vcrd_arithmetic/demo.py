@@ -230,6 +230,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/demo", help="output and cache directory (default runs/demo)")
     parser.add_argument("--seeds", type=int, default=3, help="distillation seeds per variant (default 3)")
     parser.add_argument("--configs", default=str(EXAMPLES), help="directory of sft.yaml, distill.yaml, grid.yaml")
+    parser.add_argument(
+        "--problems",
+        type=int,
+        nargs=3,
+        metavar=("SFT", "DISTILL", "TEST"),
+        default=None,
+        help="problems per split (default 20000 2000 300); smaller for a smoke run",
+    )
     parser.add_argument("--teacher-steps", type=int, default=TEACHER_STEPS)
     parser.add_argument("--student-steps", type=int, default=STUDENT_STEPS)
     args = parser.parse_args(argv)
@@ -245,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         if not (out / "task" / "task.json").is_file():
-            build_task(out / "task", TaskSpec())
+            sizes = dict(zip(("n_sft", "n_distill", "n_test"), args.problems, strict=True)) if args.problems else {}
+            build_task(out / "task", TaskSpec(**sizes))
         train_models(out, configs, console, args.teacher_steps, args.student_steps)
         base = baselines(out, configs, console)
         rollouts(out, configs, console)
