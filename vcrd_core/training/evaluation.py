@@ -7,6 +7,11 @@ on disk) with the evaluation section's sampling, the evaluators grade it, and th
 to ``<run>/eval/step-N/``; the ``vcrd_on_evaluation_end`` hook fires with the flat results, and the run's
 ``summary.json`` lists them by step. The evaluators and their datasets are checked before any model is
 loaded (:func:`PeriodicEvaluation.from_config`).
+
+Several processes: only the main process generates; with DDP the others wait for it in the next gradient
+all-reduce (bounded by ``ddp_timeout``, 30 minutes by default: raise it through ``training.args`` for long
+evaluations). Sharded models (FSDP, ZeRO-3) need every process for a forward pass, so evaluate those runs
+afterwards with ``vcrd eval`` on the saved model instead of ``every_steps``.
 """
 
 from __future__ import annotations
