@@ -47,7 +47,6 @@ scoring of the exact current student (Table 9's 0.05 is the paper's setting).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -66,18 +65,13 @@ from vcrd_core.judging.scoring import score_batch
 from vcrd_core.losses.objective import ObjectiveOutput, Reduction, StreamInputs, VCRDObjective
 from vcrd_core.losses.weighting import WeightingRule
 from vcrd_core.plugins.manager import get_plugin_manager
+from vcrd_core.rollouts.generator import derive_seed
 from vcrd_core.training.data import STREAM_KEY, RolloutSequence, pad_sequences
 
 #: Written into a checkpoint directory after everything else: resume takes only checkpoints that have it.
 COMPLETE_MARKER = "vcrd-complete"
 #: Per-step metrics, one JSON object a line, in the run directory.
 METRICS_FILE = "metrics.jsonl"
-
-
-def derive_seed(*parts: Any) -> int:
-    """A 63-bit seed from any printable parts (stable across processes and Python runs)."""
-    digest = hashlib.sha256("\0".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 @dataclass
