@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from vcrd_core.plugins.kinds import DivergenceSpec, EvaluatorSpec, GeneratorSpec, JudgeSpec, WeightingSpec
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+#: The torch dtype of every ``Dtype`` name but ``auto`` (the checkpoint's own, or the caller's default).
+TORCH_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 Proposal = Literal["sample", "greedy"]
 
 

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import torch
 from rich.console import Console
 
-from vcrd_core.config.models import RunConfig
+from vcrd_core.config.models import TORCH_DTYPES, RunConfig
 from vcrd_core.decision_points import DecisionPoints, Stream
 from vcrd_core.errors import ConfigError, VcrdError
 from vcrd_core.judging.analysis import HISTOGRAM_FILE, plot_validity_histogram, validity_stats
@@ -39,7 +39,6 @@ from vcrd_core.runs.preflight import preflight
 from vcrd_core.runs.provenance import first_difference
 
 STREAM_OF_ROLE = {"teacher": Stream.TEACHER_PREFIX, "student": Stream.STUDENT_PREFIX}
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 #: |w - 1| at most this is parity in the summary's attenuation / parity / amplification shares.
 PARITY_TOL = 0.05
 
@@ -104,7 +103,7 @@ def _load_model(path: str, dtype: str, device: torch.device) -> Any:
 
     kwargs: dict[str, Any] = {"local_files_only": True}
     if dtype != "auto":
-        kwargs["dtype"] = DTYPES[dtype]
+        kwargs["dtype"] = TORCH_DTYPES[dtype]
     return AutoModelForCausalLM.from_pretrained(path, **kwargs).to(device).eval()
 
 

@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from vcrd_core.config.loader import resolved_dict
-from vcrd_core.config.models import ModelSpec, RunConfig
+from vcrd_core.config.models import TORCH_DTYPES, ModelSpec, RunConfig
 from vcrd_core.decision_points import Stream
 from vcrd_core.errors import ConfigError, VcrdError
 from vcrd_core.judging.judge import Judge, JudgeContext
@@ -46,7 +46,6 @@ from vcrd_core.training.data import STREAM_ROLE, RolloutCollator, RolloutExample
 from vcrd_core.training.evaluation import PeriodicEvaluation
 from vcrd_core.training.trainer import COMPLETE_MARKER, METRICS_FILE, StreamScoring, VCRDTrainer
 
-_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16", "auto": "auto"}
 WEIGHT_FILES = ("model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
@@ -143,17 +142,16 @@ def store_path(config: RunConfig) -> Path:
 def load_causal_lm(spec: ModelSpec, where: str, *, from_scratch: bool = False) -> Any:
     """A causal LM from a local directory (weights required unless ``from_scratch``: then random init from its
     ``config.json``, seeded by the caller)."""
-    import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    dtype = _DTYPES[spec.dtype]
+    dtype = spec.dtype
     kwargs: dict[str, Any] = {}
     if spec.attn_implementation:
         kwargs["attn_implementation"] = spec.attn_implementation
     if from_scratch:
         cfg = AutoConfig.from_pretrained(spec.path, local_files_only=True)
         model = AutoModelForCausalLM.from_config(cfg, **kwargs)
-        return model.to(getattr(torch, dtype)) if dtype != "auto" else model
+        return model.to(TORCH_DTYPES[dtype]) if dtype != "auto" else model
     root = Path(spec.path)
     if not any((root / f).is_file() for f in WEIGHT_FILES) and not list(root.glob("*.safetensors")):
         raise ConfigError(

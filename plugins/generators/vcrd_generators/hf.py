@@ -7,10 +7,9 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from vcrd_core.config.models import TORCH_DTYPES
 from vcrd_core.errors import VcrdError
 from vcrd_core.rollouts.generator import Generator, GeneratorContext, Sample, Sampling, trim_response
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class _RealVocabulary:
@@ -46,7 +45,7 @@ class HFGenerator(Generator):
             device = "cuda" if torch.cuda.is_available() else "cpu"
         kwargs: dict[str, Any] = {"local_files_only": True}
         if context.dtype != "auto":
-            kwargs["dtype"] = DTYPES[context.dtype]
+            kwargs["dtype"] = TORCH_DTYPES[context.dtype]
         if self.params.attn_implementation:
             kwargs["attn_implementation"] = self.params.attn_implementation
         live = context.extra.get("model")

@@ -28,10 +28,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from vcrd_core import JudgeContext, JudgeRequest, JudgeScores, Stream, TokenJudge, VcrdError
+from vcrd_core.config.models import TORCH_DTYPES, Dtype
 from vcrd_core.judging.tree import tree_hidden_states
 from vcrd_judges import prm_loading
-
-_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 #: Qwen2.5-Math's system prompt, as in the Qwen2.5-Math-PRM-7B model card.
 QWEN_MATH_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -67,7 +66,7 @@ class _PrmParams(BaseModel):
         description="Text appended after the scored token (and after the alternative) where the score is read, "
         "e.g. '\\n' or '<extra_0>'; null reads at the token itself.",
     )
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+    dtype: Dtype = Field(
         default="auto", description="Body weights' dtype; 'auto' takes the run's dtype. The head runs in float32."
     )
     attn_implementation: Literal["sdpa", "eager"] = Field(
@@ -132,7 +131,7 @@ class _PrmJudge(TokenJudge):
         }
         if isinstance(checkpoint.config.get("hidden_size"), int):
             self._check_head(head, checkpoint.config["hidden_size"])
-        dtype = context.dtype if p.dtype == "auto" else _DTYPES[p.dtype]
+        dtype = context.dtype if p.dtype == "auto" else TORCH_DTYPES[p.dtype]
         body = prm_loading.load_body(
             checkpoint, dtype=dtype, device=context.device, attn_implementation=p.attn_implementation, who=self._who
         )
