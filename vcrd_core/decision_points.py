@@ -41,6 +41,16 @@ class Stream(str, enum.Enum):
     TEACHER_PREFIX = "teacher_prefix"
     STUDENT_PREFIX = "student_prefix"
 
+    @property
+    def role(self) -> str:
+        """Whose rollouts give this stream's prefixes (``teacher`` / ``student``, the rollout store's roles)."""
+        return "teacher" if self is Stream.TEACHER_PREFIX else "student"
+
+    @classmethod
+    def of_role(cls, role: str) -> Stream:
+        """The stream whose prefixes ``role``'s rollouts give."""
+        return cls.TEACHER_PREFIX if role == "teacher" else cls.STUDENT_PREFIX
+
 
 def _refuse_after_padding(mask: torch.Tensor, attention_mask: torch.Tensor, where: str) -> None:
     follows_pad = mask[:, 1:] & ~attention_mask[:, :-1].bool()

@@ -33,12 +33,12 @@ from vcrd_core.plugins.kinds import JUDGES, WEIGHTING
 from vcrd_core.plugins.registry import create
 from vcrd_core.rollouts.generator import derive_seed
 from vcrd_core.rollouts.run import _progress, store_dir
+from vcrd_core.rollouts.sequences import RolloutSequence, pad_sequences
 from vcrd_core.rollouts.store import SCHEMA, RolloutStore, model_fingerprint
 from vcrd_core.runs.atomic import atomic_write_text
 from vcrd_core.runs.preflight import preflight
 from vcrd_core.runs.provenance import first_difference
 
-STREAM_OF_ROLE = {"teacher": Stream.TEACHER_PREFIX, "student": Stream.STUDENT_PREFIX}
 #: |w - 1| at most this is parity in the summary's attenuation / parity / amplification shares.
 PARITY_TOL = 0.05
 
@@ -56,7 +56,8 @@ def setups(config: RunConfig) -> dict[str, StreamSetup]:
     """Per role of the store whose stream is enabled: its judge, weighting rule and proposal mode."""
     out: dict[str, StreamSetup] = {}
     streams = config.streams()
-    for role, stream in STREAM_OF_ROLE.items():
+    for stream in Stream:
+        role = stream.role
         s = streams.get(stream.value)
         if s is None:
             continue
@@ -107,20 +108,6 @@ def _load_model(path: str, dtype: str, device: torch.device) -> Any:
     return AutoModelForCausalLM.from_pretrained(path, **kwargs).to(device).eval()
 
 
-def batch_tensors(rows: list[dict[str, Any]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``prompt + response`` right-padded: ``(input_ids, attention_mask, response_mask)``."""
-    width = max(len(r["prompt_token_ids"]) + len(r["response_token_ids"]) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(rows), width), dtype=torch.long)
-    resp = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, r in enumerate(rows):
-        p, y = r["prompt_token_ids"], r["response_token_ids"]
-        ids[i, : len(p) + len(y)] = torch.tensor(p + y, dtype=torch.long)
-        attn[i, : len(p) + len(y)] = 1
-        resp[i, len(p) : len(p) + len(y)] = True
-    return ids, attn, resp
-
-
 def check_scored_with(config: RunConfig, store: RolloutStore, roles: list[str]) -> None:
     """Refuse (one line, before any model is loaded) offline training on scores that another setup made:
     other models, seed, proposals, sampling, judge or weighting rule than ``config`` names for ``roles``."""
@@ -162,8 +149,9 @@ def score_rows(
     device: torch.device,
 ) -> tuple[ScoredBatch, dict[str, list[Any]]]:
     """Score one batch of store rows of one role; returns the batch and the score columns per row."""
-    ids, attn, resp = batch_tensors(rows, pad_id)
-    points = DecisionPoints.from_masks(attn, resp)
+    batch = pad_sequences([RolloutSequence(r["prompt_token_ids"], r["response_token_ids"]) for r in rows], pad_id)
+    ids, attn = batch["input_ids"], batch["attention_mask"]
+    points = DecisionPoints.from_masks(attn, batch["response_mask"])
     ids, attn, points = ids.to(device), attn.to(device), points.to(device)
     with torch.no_grad():
         t_logits = teacher(input_ids=ids, attention_mask=attn).logits.float()
@@ -182,7 +170,7 @@ def score_rows(
         temperature=config.rollouts.temperature,
         top_p=config.rollouts.top_p,
         vocab_size=vocab_size,
-        prompt_lengths=torch.tensor([len(r["prompt_token_ids"]) for r in rows], device=device),
+        prompt_lengths=batch["prompt_lengths"].to(device),
         generator=gen,
     )
     columns = {

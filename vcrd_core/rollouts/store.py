@@ -278,7 +278,7 @@ class RolloutStore:
         ).to_pylist():
             if row["r_s"] is None:
                 continue
-            stream = Stream.TEACHER_PREFIX if row["role"] == "teacher" else Stream.STUDENT_PREFIX
+            stream = Stream.of_role(row["role"])
             same = row["same_token"] if row["same_token"] is not None else [False] * len(row["r_s"])
             ident = f"{row['role']}-{row['prompt_index']}/s{row['sample_index']}"
             records.append(ScoreRecord(ident, stream, row["r_s"], row["r_t"], same, row["weights"]))

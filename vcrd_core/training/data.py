@@ -19,7 +19,6 @@ counted, ``RolloutExamples.too_long``, and the run summary reports it).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,20 +26,12 @@ import torch
 
 from vcrd_core.decision_points import Stream
 from vcrd_core.errors import ConfigError, VcrdError
+from vcrd_core.rollouts.sequences import RolloutSequence, pad_sequences
 from vcrd_core.rollouts.store import RolloutStore
 
 #: The rollout role whose sequences each stream trains on, and the key prefix of its tensors in a batch.
-STREAM_ROLE: dict[str, str] = {Stream.TEACHER_PREFIX.value: "teacher", Stream.STUDENT_PREFIX.value: "student"}
+STREAM_ROLE: dict[str, str] = {s.value: s.role for s in Stream}
 STREAM_KEY: dict[str, str] = {Stream.TEACHER_PREFIX.value: "t_", Stream.STUDENT_PREFIX.value: "s_"}
-
-
-@dataclass
-class RolloutSequence:
-    """One rollout as the trainer uses it."""
-
-    prompt: list[int]
-    response: list[int]
-    weights: list[float] | None = None
 
 
 class RolloutExamples(torch.utils.data.Dataset):
@@ -132,32 +123,6 @@ class RolloutCollator:
                 continue
             batch.update(pad_sequences([e[stream] for e in examples], self.pad_token_id, STREAM_KEY[stream]))
         return batch
-
-
-def pad_sequences(seqs: Sequence[RolloutSequence], pad_token_id: int, key: str = "") -> dict[str, torch.Tensor]:
-    """Right-padded ``[B, L]`` tensors of prompt + response sequences (see :class:`RolloutCollator`)."""
-    length = max(len(s.prompt) + len(s.response) for s in seqs)
-    n = len(seqs)
-    ids = torch.full((n, length), pad_token_id, dtype=torch.long)
-    attention = torch.zeros(n, length, dtype=torch.long)
-    response = torch.zeros(n, length, dtype=torch.long)
-    weights = torch.zeros(n, length, dtype=torch.float32) if all(s.weights is not None for s in seqs) else None
-    for b, s in enumerate(seqs):
-        p, r = len(s.prompt), len(s.response)
-        ids[b, : p + r] = torch.tensor(s.prompt + s.response, dtype=torch.long)
-        attention[b, : p + r] = 1
-        response[b, p : p + r] = 1
-        if weights is not None and r:
-            weights[b, p : p + r] = torch.tensor(s.weights, dtype=torch.float32)
-    out = {
-        f"{key}input_ids": ids,
-        f"{key}attention_mask": attention,
-        f"{key}response_mask": response,
-        f"{key}prompt_lengths": torch.tensor([len(s.prompt) for s in seqs], dtype=torch.long),
-    }
-    if weights is not None:
-        out[f"{key}weights"] = weights
-    return out
 
 
 def rows_from_store(store: str | Path, roles: Sequence[str], *, need_weights: Sequence[str] = ()) -> list[dict]:

@@ -66,7 +66,8 @@ from vcrd_core.losses.objective import ObjectiveOutput, Reduction, StreamInputs,
 from vcrd_core.losses.weighting import WeightingRule
 from vcrd_core.plugins.manager import get_plugin_manager
 from vcrd_core.rollouts.generator import derive_seed
-from vcrd_core.training.data import STREAM_KEY, RolloutSequence, pad_sequences
+from vcrd_core.rollouts.sequences import RolloutSequence, pad_sequences
+from vcrd_core.training.data import STREAM_KEY
 
 #: Written into a checkpoint directory after everything else: resume takes only checkpoints that have it.
 COMPLETE_MARKER = "vcrd-complete"

@@ -16,7 +16,7 @@ from vcrd_core.errors import VcrdError
 from vcrd_core.hookspecs import hookimpl
 from vcrd_core.judging.scoring import score_batch
 from vcrd_core.plugins.registry import create
-from vcrd_core.training.data import pad_sequences
+from vcrd_core.rollouts.sequences import RolloutSequence, pad_sequences
 from vcrd_core.training.run import build_trainer, prepare, run_train
 from vcrd_core.training.trainer import VCRDTrainer
 
@@ -125,8 +125,6 @@ def test_online_and_offline_weights_are_equal_at_step_0(tmp_path: Path, tiny: tu
     student = load_causal_lm(config.models.student, "s").eval()
     scored_rows = []
     for row in rows(8):
-        from vcrd_core.training.data import RolloutSequence
-
         batch = pad_sequences([RolloutSequence(row["prompt_token_ids"], row["response_token_ids"])], 0)
         points = DecisionPoints.from_masks(batch["attention_mask"], batch["response_mask"])
         with torch.no_grad():
