@@ -19,20 +19,24 @@ from vcrd_core.errors import VcrdError
 COMMANDS: tuple[str, ...] = ("plugins", "config", "rollouts", "score", "train", "eval", "analyze", "grid")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; when ``argv`` names a subcommand, only that command's module is imported (the others pull in
+    transformers' Trainer, PEFT, pyarrow ...: seconds of start-up that ``vcrd plugins`` need not pay)."""
     parser = argparse.ArgumentParser(
         prog="vcrd",
         description="Validity-Calibrated Reasoning Distillation: judge-weighted skew-KL distillation of LMs.",
     )
     parser.add_argument("--version", action="version", version=f"vcrd {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
+    first = next((a for a in (argv or []) if not a.startswith("-")), None)
+    for name in (first,) if first in COMMANDS else COMMANDS:
         importlib.import_module(f"vcrd_core.commands.{name}").add_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):
         parser.print_help()
