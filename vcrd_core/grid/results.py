@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import csv
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vcrd_core.grid.spec import Grid, finished_record
-from vcrd_core.runs.atomic import atomic_writer
+from vcrd_core.runs.atomic import atomic_path, atomic_writer
 
 CSV_FILE, MD_FILE, PNG_FILE = "results.csv", "results.md", "results.png"
 
@@ -156,14 +154,11 @@ def write_chart(summary: Summary, path: Path) -> Path | None:
     ax.set_ylabel(f"{summary.primary}\n(mean ± std; dots: seeds)")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=120)
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
     return path
 
 

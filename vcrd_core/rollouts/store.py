@@ -26,7 +26,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import os
 import re
 import shutil
 from collections.abc import Iterable
@@ -42,7 +41,7 @@ from vcrd_core import __version__
 from vcrd_core.decision_points import Stream
 from vcrd_core.errors import VcrdError
 from vcrd_core.judging.score_records import ScoreRecord
-from vcrd_core.runs.atomic import atomic_write_text
+from vcrd_core.runs.atomic import atomic_path, atomic_write_text
 from vcrd_core.runs.provenance import first_difference
 
 FORMAT = "vcrd-rollouts"
@@ -235,20 +234,13 @@ class RolloutStore:
         return [(r, c) for r in layout.roles for c in range(layout.num_chunks) if c not in self.done(r)]
 
     def write_chunk(self, role: str, chunk: int, rows: list[dict[str, Any]] | pa.Table) -> Path:
-        """Write one chunk atomically (a temporary file beside it, fsync, ``os.replace``)."""
+        """Write one chunk atomically (:func:`vcrd_core.runs.atomic.atomic_path`)."""
         table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(_with_score_columns(rows), schema=SCHEMA)
         target = self.chunk_path(role, chunk)
         for stale in self.data.glob(f".{target.name}.*.tmp"):  # left by a killed run (this chunk is ours)
             stale.unlink(missing_ok=True)
-        tmp = self.data / f".{target.name}.{os.getpid()}.tmp"
-        try:
+        with atomic_path(target) as tmp:
             pq.write_table(table, tmp)
-            with tmp.open("rb") as handle:
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
         return target
 
     def read_chunk(self, role: str, chunk: int) -> pa.Table:

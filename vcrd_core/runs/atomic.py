@@ -11,24 +11,32 @@ from typing import TextIO
 
 
 @contextmanager
-def atomic_writer(path: str | os.PathLike[str]) -> Iterator[TextIO]:
-    """A text handle on a temporary file beside ``path``; on success it is synced, given the mode a new
-    file gets under the current umask (``mkstemp`` would leave 0600) and renamed over ``path``; on any
-    error it is removed and ``path`` is left as it was."""
+def atomic_path(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary file name beside ``path`` for writers that take a name (pyarrow, matplotlib); on success the
+    file is synced, given the mode a new file gets under the current umask (``mkstemp`` would leave 0600) and
+    renamed over ``path``; on any error it is removed and ``path`` is left as it was."""
     target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            yield handle
-            handle.flush()
+        yield tmp
+        with tmp.open("rb") as handle:
             os.fsync(handle.fileno())
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, target)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def atomic_writer(path: str | os.PathLike[str]) -> Iterator[TextIO]:
+    """A text handle on a temporary file beside ``path``, renamed over it when complete (:func:`atomic_path`)."""
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as handle:
+        yield handle
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:

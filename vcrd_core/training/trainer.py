@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +66,7 @@ from vcrd_core.losses.weighting import WeightingRule
 from vcrd_core.plugins.manager import get_plugin_manager
 from vcrd_core.rollouts.generator import derive_seed
 from vcrd_core.rollouts.sequences import RolloutSequence, pad_sequences
+from vcrd_core.runs.atomic import atomic_write_text
 from vcrd_core.training.data import STREAM_KEY
 
 #: Written into a checkpoint directory after everything else: resume takes only checkpoints that have it.
@@ -167,10 +167,7 @@ class EngineTrainer(Trainer):
         if self.args.should_save:
             folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
             if folder.is_dir():
-                with open(folder / COMPLETE_MARKER, "w") as f:
-                    f.write(json.dumps({"step": self.state.global_step}) + "\n")
-                    f.flush()
-                    os.fsync(f.fileno())
+                atomic_write_text(folder / COMPLETE_MARKER, json.dumps({"step": self.state.global_step}) + "\n")
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self._log_window and "loss" in logs:
