@@ -51,6 +51,13 @@ TEMPLATES: dict[str, Callable[[Any, str], str]] = {
 }
 
 
+def render_prompt(tokenizer: Any, template: str, prompt: str) -> tuple[str, list[int]]:
+    """``prompt`` rendered with ``template`` and its token ids, as every stage (rollouts, SFT, evaluation) feeds
+    it to a model: special tokens (BOS) are added only for ``plain``, since a chat template writes its own."""
+    text = TEMPLATES[template](tokenizer, prompt)
+    return text, list(tokenizer(text, add_special_tokens=template == "plain")["input_ids"])
+
+
 @dataclass
 class Prompt:
     """One prompt: ``index`` is its row in the source (0-based; the store's ``prompt_index``)."""
@@ -199,7 +206,6 @@ def load_prompts(path: str | Path, data: Any, tokenizer: Any) -> PromptSet:
     if data.num_prompts is not None and data.num_prompts < len(rows):
         rows = rows.select(range(data.num_prompts))
     lines = _json_line_numbers(Path(path)) if kind == "json" and Path(path).is_file() else None
-    render = TEMPLATES[data.template]
     prompts: list[Prompt] = []
     dropped: list[int] = []
     for i, row in enumerate(rows):
@@ -211,8 +217,7 @@ def load_prompts(path: str | Path, data: Any, tokenizer: Any) -> PromptSet:
             )
         if not text.strip():
             raise VcrdError(f"{_where(path, kind, i, lines)}: field '{data.prompt_field}' is empty")
-        rendered = render(tokenizer, text)
-        ids = list(tokenizer(rendered, add_special_tokens=data.template == "plain")["input_ids"])
+        rendered, ids = render_prompt(tokenizer, data.template, text)
         if len(ids) > data.max_prompt_length:
             if data.overlong == "refuse":
                 raise VcrdError(

@@ -23,7 +23,7 @@ from rich.table import Table
 
 from vcrd_core import __version__
 from vcrd_core.config.models import RunConfig
-from vcrd_core.data.prompts import TEMPLATES
+from vcrd_core.data.prompts import render_prompt
 from vcrd_core.errors import ConfigError, VcrdError
 from vcrd_core.evaluation.evaluator import EvalItem, Evaluator, Verdict
 from vcrd_core.plugins.kinds import EVALUATORS, GENERATORS
@@ -46,12 +46,6 @@ def _progress(console: Console) -> Progress:
         TimeRemainingColumn(),
         console=console,
     )
-
-
-def render(tokenizer: Any, template: str, prompt: str) -> list[int]:
-    """The token ids of ``prompt`` rendered with ``template`` (as :func:`vcrd_core.data.prompts.load_prompts`)."""
-    text = TEMPLATES[template](tokenizer, prompt)
-    return list(tokenizer(text, add_special_tokens=template == "plain")["input_ids"])
 
 
 def labels_of(evaluators: list[Evaluator]) -> list[str]:
@@ -114,7 +108,7 @@ def evaluate(
             top_p=top_p,
             seed=seed,
         )
-        prompt_ids = [render(tokenizer, template, item.prompt) for item in problems]
+        prompt_ids = [render_prompt(tokenizer, template, item.prompt)[1] for item in problems]
         outputs: list[str] = []
         finishes: list[str] = []
         start = time.perf_counter()

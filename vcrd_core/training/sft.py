@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from vcrd_core.config.models import RunConfig
+from vcrd_core.data.prompts import render_prompt
 from vcrd_core.errors import ConfigError
 from vcrd_core.runs.preflight import load_tokenizer
 from vcrd_core.training.arguments import training_arguments_kwargs
@@ -35,19 +36,6 @@ from vcrd_core.training.run import (
     world_size,
 )
 from vcrd_core.training.trainer import EngineTrainer
-
-
-def render(tokenizer: Any, template: str, prompt: str) -> tuple[str, bool]:
-    """The prompt text as the rollout stage renders it, and whether special tokens are added when encoding."""
-    if template == "plain":
-        return prompt, True
-    if not getattr(tokenizer, "chat_template", None):
-        raise ConfigError("data.template", "the tokenizer has no chat template; use template: plain")
-    system = "Please reason step by step, and put your final answer within \\boxed{}."
-    messages = ([{"role": "system", "content": system}] if template == "qwen25_math_cot" else []) + [
-        {"role": "user", "content": prompt}
-    ]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), False
 
 
 class SFTExamples(torch.utils.data.Dataset):
@@ -68,8 +56,7 @@ class SFTExamples(torch.utils.data.Dataset):
                 for key in (d.prompt_field, d.response_field):
                     if not isinstance(record.get(key), str):
                         raise ConfigError("data.train", f"{d.train}:{n}: field '{key}' is missing or not text")
-                text, special = render(tokenizer, d.template, record[d.prompt_field])
-                prompt = list(tokenizer(text, add_special_tokens=special)["input_ids"])
+                _, prompt = render_prompt(tokenizer, d.template, record[d.prompt_field])
                 response = [*tokenizer(record[d.response_field], add_special_tokens=False)["input_ids"]]
                 response.append(int(tokenizer.eos_token_id))
                 ids = (prompt + response)[: d.max_length]
