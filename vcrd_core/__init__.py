@@ -11,6 +11,8 @@ from vcrd_core.hookspecs import hookimpl
 from vcrd_core.judging.judge import Judge, JudgeContext, JudgeRequest, JudgeScores, Need, TokenJudge
 from vcrd_core.losses.divergence import Divergence
 from vcrd_core.losses.objective import (
+    HiddenStreamInputs,
+    LMHead,
     ObjectiveOutput,
     Reduction,
     StreamInputs,
@@ -56,12 +58,14 @@ __all__ = [
     "DivergenceSpec",
     "EvaluatorSpec",
     "GeneratorSpec",
+    "HiddenStreamInputs",
     "Judge",
     "JudgeContext",
     "JudgeRequest",
     "JudgeScores",
     "JudgeSpec",
     "Kind",
+    "LMHead",
     "Need",
     "ObjectiveOutput",
     "ParamError",

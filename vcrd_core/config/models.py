@@ -177,6 +177,12 @@ class TrainingConfig(Section):
     max_nonfinite_steps: int = Field(
         5, gt=0, description="Stop the run after this many consecutive steps skipped for a non-finite loss or gradient."
     )
+    loss_engine: Literal["auto", "fused_linear", "logits"] = Field(
+        "auto",
+        description="fused_linear: the loss from the models' final hidden states and lm_heads, never a [tokens, V] "
+        "logits tensor or its gradient; logits: from the models' logits; auto: fused_linear where both models allow "
+        "it (a plain nn.Linear lm_head, checked against the model's own logits on the first batch), else logits.",
+    )
     args: dict[str, Any] = Field(
         default_factory=dict,
         description="Any other transformers TrainingArguments field (e.g. save_total_limit, report_to), checked at "

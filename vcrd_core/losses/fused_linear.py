@@ -36,11 +36,13 @@ by ``c_n``), and ``backward`` only multiplies by the scalar ``∂L/∂loss`` (an
 values ``D_n`` come back detached, for logging and statistics. Liger-Kernel makes the same choice (it
 returns a scalar loss) but has no per-row coefficients.
 
-Numerics: the logits are computed in the lm_head weight's dtype (the hidden rows are cast to it, as the
-model's own lm_head or autocast would do), then everything per row is float32. The gradient matmuls run
-in that dtype too (the logit gradient is rounded to it first, as plain autograd through bf16 logits
-would do); the weight gradient is accumulated in place in the weight's dtype (one rounding per chunk
-for bf16 weights, as Liger-Kernel does), the bias gradient in float32. Autocast is disabled inside.
+Numerics: the logits are computed in the *compute dtype* — the autocast dtype when autocast is enabled for
+the hidden states' device at the call (as the models' own lm_heads would run under mixed precision), else
+each lm_head weight's own dtype — with the hidden rows and the weights cast to it; then everything per row
+is float32. The gradient matmuls run in the compute dtype too (the logit gradient is rounded to it first, as
+plain autograd through bf16 logits would do); the weight gradient is accumulated in place in the compute
+dtype (one rounding per chunk for bf16, as Liger-Kernel does) and cast to the weight's dtype at the end, the
+bias gradient in float32. Autocast itself is disabled inside.
 
 The same pass can also give, per row, what the rest of a VCRD step needs from these logits (opt-in
 through ``want=RowExtras(...)``; the plain loss path computes none of it): the student's greedy token
@@ -313,6 +315,8 @@ class _Plan:
     temperature: float
     chunk: int
     want: RowExtras
+    compute_dtype: torch.dtype
+    autocast: bool
 
 
 def _run(
@@ -327,9 +331,12 @@ def _run(
     need_any = need_h or need_w or need_b
     rows, vocab, tau, want, div = plan.rows, plan.vocab, plan.temperature, plan.want, plan.divergence
     n, device = rows.numel(), student_hidden.device
-    ws = student_weight.detach()[:vocab]
+    cdtype = plan.compute_dtype
+    ws = student_weight.detach()[:vocab].to(cdtype)  # a copy only under autocast with another weight dtype
     bs = None if student_bias is None else student_bias.detach()[:vocab]
     wt = plan.teacher_weight[:vocab]
+    if plan.autocast:
+        wt = wt.to(cdtype)  # else the teacher's logits stay in its own dtype, as its own lm_head computes them
     bt = None if plan.teacher_bias is None else plan.teacher_bias[:vocab]
     s_rows, t_rows = FlatRows(student_hidden.detach()), FlatRows(plan.teacher_hidden)
 
@@ -345,8 +352,11 @@ def _run(
     if need_h:  # contiguous [M, H_s] buffer: zeros at unselected rows
         shape = (_numel_lead(student_hidden), student_hidden.shape[-1])
         grad_h = torch.zeros(shape, dtype=student_hidden.dtype, device=device)
+    grad_w_low = None  # the accumulator in the compute dtype when it differs from the weight's
     if need_w:
         grad_w = torch.zeros_like(student_weight, memory_format=torch.contiguous_format)
+        if cdtype != student_weight.dtype:
+            grad_w_low = torch.zeros(ws.shape, dtype=cdtype, device=device)
     if need_b:
         assert student_bias is not None
         grad_b = torch.zeros(student_bias.shape, dtype=torch.float32, device=device)
@@ -422,11 +432,17 @@ def _run(
             del g
             if grad_h is not None:
                 grad_h.index_add_(0, r, (g_low @ ws).to(grad_h.dtype))
-            if grad_w is not None:
+            if grad_w_low is not None:
+                grad_w_low.addmm_(g_low.T, hs)
+            elif grad_w is not None:
                 grad_w[:vocab].addmm_(g_low.T, hs)
             del g_low
         del hs
 
+    if grad_w_low is not None:
+        assert grad_w is not None
+        grad_w[:vocab].copy_(grad_w_low)
+        del grad_w_low
     loss = (values * plan.coefficients).sum()
     out = FusedLinearOutput(
         loss=loss,
@@ -588,6 +604,7 @@ def fused_linear_divergence(
     want = RowExtras() if want is None else want
     _check_extras(want, n, vocab, device)
 
+    autocast = torch.is_autocast_enabled(device.type)
     plan = _Plan(
         divergence=divergence,
         teacher_hidden=teacher_hidden.detach(),
@@ -600,6 +617,8 @@ def fused_linear_divergence(
         temperature=float(temperature),
         chunk=chunk_size if chunk_size is not None else default_chunk_size(vocab),
         want=want,
+        compute_dtype=torch.get_autocast_dtype(device.type) if autocast else student_weight.dtype,
+        autocast=autocast,
     )
     grad_on = torch.is_grad_enabled()
     need = (

@@ -30,6 +30,7 @@ from vcrd_core.decision_points import DecisionPoints, Stream
 from vcrd_core.errors import VcrdError
 from vcrd_core.losses.chunked import chunked_divergence
 from vcrd_core.losses.divergence import Divergence
+from vcrd_core.losses.fused_linear import fused_linear_divergence, row_coefficients
 from vcrd_core.plugins.registry import create
 
 if TYPE_CHECKING:
@@ -51,6 +52,21 @@ class VcrdWeightWarning(UserWarning):
     """Weights above the objective's ``weight_warn_max`` (the ratio rule reaches ``1/ε`` when ``r_t -> 0``)."""
 
 
+def _resolve_points(points: DecisionPoints | None, labels: torch.Tensor | None, where: str) -> DecisionPoints:
+    """Exactly one of ``points`` / ``labels``: the stream's :class:`DecisionPoints`."""
+    if (points is None) == (labels is None):
+        raise VcrdError(f"{where}: pass exactly one of points (a DecisionPoints) or labels (-100 elsewhere)")
+    if points is None:
+        assert labels is not None
+        return DecisionPoints.from_labels(labels)
+    if not isinstance(points, DecisionPoints):
+        raise VcrdError(
+            f"{where}: points must be a vcrd_core.DecisionPoints (e.g. DecisionPoints.from_masks("
+            f"attention_mask, response_mask)), got {type(points).__name__}"
+        )
+    return points
+
+
 @dataclass
 class StreamInputs:
     """One stream's batch, all at token positions ``[B, L]``.
@@ -69,16 +85,58 @@ class StreamInputs:
     labels: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
-        if (self.points is None) == (self.labels is None):
-            raise VcrdError("StreamInputs: pass exactly one of points (a DecisionPoints) or labels (-100 elsewhere)")
-        if self.points is None:
-            assert self.labels is not None
-            self.points = DecisionPoints.from_labels(self.labels)
-        elif not isinstance(self.points, DecisionPoints):
-            raise VcrdError(
-                f"StreamInputs: points must be a vcrd_core.DecisionPoints (e.g. DecisionPoints.from_masks("
-                f"attention_mask, response_mask)), got {type(self.points).__name__}"
-            )
+        self.points = _resolve_points(self.points, self.labels, "StreamInputs")
+
+    @property
+    def decision_points(self) -> DecisionPoints:
+        assert self.points is not None
+        return self.points
+
+
+@dataclass
+class LMHead:
+    """An lm_head as the fused-linear loss reads it: ``weight`` ``[V, H]`` and an optional ``bias`` ``[V]``
+    (for an HF model: ``model.get_output_embeddings()``'s parameters; the student's may require grad)."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None = None
+
+    @classmethod
+    def of(cls, module: torch.nn.Module) -> LMHead:
+        """The head of an ``nn.Linear`` (e.g. ``model.get_output_embeddings()``)."""
+        if not isinstance(module, torch.nn.Linear):
+            raise VcrdError(f"LMHead.of: expected a torch.nn.Linear lm_head, got {type(module).__name__}")
+        return cls(module.weight, module.bias)
+
+
+@dataclass
+class HiddenStreamInputs:
+    """One stream's batch as final hidden states (the lm_heads' inputs) instead of logits: the objective then
+    computes the stream's divergence with :func:`vcrd_core.losses.fused_linear.fused_linear_divergence`,
+    which never builds a ``[tokens, V]`` logits tensor or its gradient (DESIGN.md §9). The value and the
+    gradients (to ``student_hidden`` and to the student lm_head's weight/bias when they require grad) equal
+    those of :class:`StreamInputs` with ``logits = hidden @ W.T (+ b)``.
+
+    ``teacher_hidden`` ``[B, L, H_t]`` (no gradient) and ``student_hidden`` ``[B, L, H_s]``; ``teacher_head`` /
+    ``student_head``: their :class:`LMHead`; ``points`` / ``labels`` / ``weights`` as in :class:`StreamInputs`.
+    """
+
+    teacher_hidden: torch.Tensor
+    student_hidden: torch.Tensor
+    teacher_head: LMHead
+    student_head: LMHead
+    points: DecisionPoints | None = None
+    weights: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        self.points = _resolve_points(self.points, self.labels, "HiddenStreamInputs")
+        for what in ("teacher_head", "student_head"):
+            if not isinstance(getattr(self, what), LMHead):
+                raise VcrdError(
+                    f"HiddenStreamInputs: {what} must be a vcrd_core.losses.objective.LMHead(weight, bias) "
+                    f"(e.g. LMHead.of(model.get_output_embeddings())), got {type(getattr(self, what)).__name__}"
+                )
 
     @property
     def decision_points(self) -> DecisionPoints:
@@ -288,13 +346,15 @@ class VCRDObjective:
         )
 
     def __call__(
-        self, teacher_prefix: StreamInputs | None = None, student_prefix: StreamInputs | None = None
+        self,
+        teacher_prefix: StreamInputs | HiddenStreamInputs | None = None,
+        student_prefix: StreamInputs | HiddenStreamInputs | None = None,
     ) -> ObjectiveOutput:
         """Sums and counts of every configured stream on one (micro-)batch; call ``.loss()`` on the result.
 
-        Each configured stream needs its :class:`StreamInputs`; a stream that is not configured must
-        get None. User mistakes (shapes, vocabularies, weights < 0 or NaN at decision points) raise
-        :class:`VcrdError`.
+        Each configured stream needs its :class:`StreamInputs` (logits) or :class:`HiddenStreamInputs` (hidden
+        states and lm_heads: the fused-linear engine); a stream that is not configured must get None. User
+        mistakes (shapes, vocabularies, weights < 0 or NaN at decision points) raise :class:`VcrdError`.
         """
         given = {Stream.TEACHER_PREFIX.value: teacher_prefix, Stream.STUDENT_PREFIX.value: student_prefix}
         streams: dict[str, StreamOutput] = {}
@@ -311,9 +371,19 @@ class VCRDObjective:
             streams[name] = self._stream(name, self.losses[name], inputs)
         return ObjectiveOutput(streams, self.reduction)
 
-    def _stream(self, name: str, loss: StreamLoss, inputs: StreamInputs) -> StreamOutput:
-        teacher, student = inputs.teacher_logits, inputs.student_logits
-        self._check_shapes(name, inputs)
+    def _stream(self, name: str, loss: StreamLoss, inputs: StreamInputs | HiddenStreamInputs) -> StreamOutput:
+        fused = isinstance(inputs, HiddenStreamInputs)
+        if fused:
+            self._check_hidden(name, inputs)
+            student = inputs.student_hidden
+        elif isinstance(inputs, StreamInputs):
+            self._check_shapes(name, inputs)
+            student = inputs.student_logits
+        else:
+            raise VcrdError(
+                f"VCRDObjective ({name} stream): expected StreamInputs or HiddenStreamInputs, "
+                f"got {type(inputs).__name__}"
+            )
         points = inputs.decision_points.to(student.device)
         num_points = points.num_points
         if inputs.weights is None:
@@ -325,10 +395,29 @@ class VCRDObjective:
             # A zero that stays connected to the student's graph, so backward() still works.
             zero = student.reshape(-1)[:0].to(torch.float32).sum()
             return StreamOutput(zero, 0, 0, loss.lam, stats)
+        if fused:
+            assert isinstance(inputs, HiddenStreamInputs)
+            # the reduction folded into per-point coefficients: loss_sum = sum_n c_n D_n (fused_linear's docstring)
+            coefficients, count = row_coefficients(weights, points.batch, self.reduction.value)
+            out = fused_linear_divergence(
+                loss.divergence,
+                inputs.student_hidden,
+                inputs.student_head.weight,
+                inputs.teacher_hidden.detach(),
+                inputs.teacher_head.weight.detach(),
+                rows=points.rows,
+                weights=coefficients,
+                student_bias=inputs.student_head.bias,
+                teacher_bias=None if inputs.teacher_head.bias is None else inputs.teacher_head.bias.detach(),
+                vocab_size=self.vocab_size,
+                temperature=self.temperature,
+                chunk_size=self.chunk_size,
+            )
+            return StreamOutput(out.loss, count, num_points, loss.lam, stats)
 
         values = chunked_divergence(
             loss.divergence,
-            teacher.detach(),
+            inputs.teacher_logits.detach(),
             student,
             rows=points.rows,  # the logits row t-1 of each decision point t (the logits are not copied)
             vocab_size=self.vocab_size,
@@ -346,6 +435,21 @@ class VCRDObjective:
             per_seq = per_seq / counts.clamp_min(1).to(per_seq.dtype)
         total = per_seq[counted].sum()
         return StreamOutput(total, int(counted.sum()), num_points, loss.lam, stats)
+
+    def _check_hidden(self, name: str, inputs: HiddenStreamInputs) -> None:
+        """Hidden states ``[B, L, H]`` of the points' batch and weights ``[B, L]``; the lm_heads' own shapes and the
+        vocabularies are checked by the fused-linear engine."""
+        where = f"VCRDObjective ({name} stream)"
+        points = inputs.decision_points
+        for label, hidden in (("teacher_hidden", inputs.teacher_hidden), ("student_hidden", inputs.student_hidden)):
+            if not isinstance(hidden, torch.Tensor) or hidden.dim() != 3:
+                got = tuple(hidden.shape) if isinstance(hidden, torch.Tensor) else type(hidden).__name__
+                raise VcrdError(f"{where}: {label} must be [B, L, H], got {got}")
+            points.check_shape(hidden, label, where)
+        if inputs.weights is not None:
+            if inputs.weights.dim() != 2:
+                raise VcrdError(f"{where}: weights must be [B, L] or None, got shape {tuple(inputs.weights.shape)}")
+            points.check_shape(inputs.weights, "weights", where)
 
     def _check_shapes(self, name: str, inputs: StreamInputs) -> None:
         teacher, student, points = inputs.teacher_logits, inputs.student_logits, inputs.decision_points

@@ -293,6 +293,7 @@ def build_trainer(
         pad_token_id=int(pad),
         metrics_file=Path(prepared["out"]) / METRICS_FILE,
         max_nonfinite_steps=config.training.max_nonfinite_steps,
+        loss_engine=config.training.loss_engine,
     )
     if prepared.get("evaluation") is not None:
         trainer.add_callback(prepared["evaluation"])

@@ -47,9 +47,11 @@ scoring of the exact current student (Table 9's 0.05 is the paper's setting).
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,7 +63,14 @@ from vcrd_core.decision_points import DecisionPoints, Stream
 from vcrd_core.errors import VcrdError
 from vcrd_core.judging.judge import Judge, Need
 from vcrd_core.judging.scoring import score_batch
-from vcrd_core.losses.objective import ObjectiveOutput, Reduction, StreamInputs, VCRDObjective
+from vcrd_core.losses.objective import (
+    HiddenStreamInputs,
+    LMHead,
+    ObjectiveOutput,
+    Reduction,
+    StreamInputs,
+    VCRDObjective,
+)
 from vcrd_core.losses.weighting import WeightingRule
 from vcrd_core.plugins.manager import get_plugin_manager
 from vcrd_core.rollouts.generator import derive_seed
@@ -135,6 +144,72 @@ def _scorable(points: DecisionPoints, logits: torch.Tensor, chunk: int = 256) ->
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+#: Config attributes of models whose logits are not ``lm_head(hidden)`` (soft-capping, scaling): logits engine.
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+@dataclass
+class FusedModel:
+    """What the fused-linear engine reads from one causal LM: the module whose output is the final hidden state (the
+    lm_head's input; a forward hook captures it) and the lm_head."""
+
+    decoder: torch.nn.Module
+    head: torch.nn.Linear
+
+    def lm_head(self) -> LMHead:
+        return LMHead.of(self.head)
+
+
+def fused_model(model: torch.nn.Module) -> FusedModel | str:
+    """``model``'s :class:`FusedModel`, or why the fused-linear engine cannot read it (one phrase).
+
+    Needs: an HF causal LM (under PEFT: its base model) whose output embeddings are a plain ``nn.Linear`` (not a
+    LoRA-wrapped one: its adapter would be missed), whose ``forward`` takes ``logits_to_keep`` (so no logits are
+    built) and which has a separate decoder module; the numbers are checked on the first batch
+    (:meth:`VCRDTrainer._check_fused`).
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    name = type(base).__name__
+    get_head = getattr(base, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    if type(head) is not torch.nn.Linear:
+        got = "none" if head is None else type(head).__name__
+        return f"{name}'s lm_head is not a plain torch.nn.Linear (got {got})"
+    config = getattr(base, "config", None)
+    for attr in _LOGIT_TRANSFORMS:
+        value = getattr(config, attr, None)
+        if value not in (None, 1, 1.0):
+            return f"{name} transforms its logits ({attr}={value})"
+    if "logits_to_keep" not in inspect.signature(base.forward).parameters:
+        return f"{name}.forward takes no logits_to_keep"
+    get_decoder = getattr(base, "get_decoder", None)
+    decoder = get_decoder() if callable(get_decoder) else None
+    if not isinstance(decoder, torch.nn.Module) or decoder is base:
+        return f"{name} has no separate decoder module"
+    return FusedModel(decoder, head)
+
+
+def hidden_forward(
+    model: torch.nn.Module, fused: FusedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any
+) -> tuple[torch.Tensor, Any]:
+    """One forward of ``model`` (possibly DDP / PEFT wrapped) that builds no logits unless ``kwargs`` asks for them
+    (``logits_to_keep`` defaults to none); returns the final hidden states ``[B, L, H]`` and the model's output."""
+    captured: list[torch.Tensor] = []
+
+    def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+        captured.append(output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0])
+
+    kwargs.setdefault("logits_to_keep", torch.empty(0, dtype=torch.long, device=input_ids.device))
+    handle = fused.decoder.register_forward_hook(hook)
+    try:
+        output = model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+    finally:
+        handle.remove()
+    if len(captured) != 1:
+        raise VcrdError(f"fused-linear engine: expected one decoder forward per model forward, saw {len(captured)}")
+    return captured[0], output
 
 
 class EngineTrainer(Trainer):
@@ -228,9 +303,17 @@ class VCRDTrainer(EngineTrainer):
         cache_static: bool = True,
         vocab_size: int | None = None,
         pad_token_id: int = 0,
+        loss_engine: str = "auto",
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        if loss_engine not in ("auto", "fused_linear", "logits"):
+            raise VcrdError(f"training.loss_engine: {loss_engine!r} is not one of auto, fused_linear, logits")
+        #: The setting (``auto`` / ``fused_linear`` / ``logits``); :attr:`loss_engine` is what the first step chose.
+        self.loss_engine_setting = loss_engine
+        self.loss_engine: str | None = None
+        self.loss_engine_reason = ""
+        self._fused: tuple[FusedModel, FusedModel] | None = None
         self.objective = objective
         self.streams = list(objective.losses)
         self.scoring = scoring
@@ -281,7 +364,9 @@ class VCRDTrainer(EngineTrainer):
     # -- the step --------------------------------------------------------------------------------------------
 
     def _forward_both(self, inputs: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, Any]:
-        """One teacher and one student forward over both streams' sequences; logits split back by stream."""
+        """One teacher and one student forward over both streams' sequences, split back by stream: per stream
+        ``(teacher, student)`` logits ``[B, L, V]``, or final hidden states ``[B, L, H]`` with the fused-linear
+        engine (then no logits are built)."""
         parts = []
         for stream in self.streams:
             k = STREAM_KEY[stream]
@@ -294,12 +379,19 @@ class VCRDTrainer(EngineTrainer):
         _sync(device)
         t0 = time.perf_counter()
         teacher_device = next(self.teacher.parameters()).device
+        t_ids, t_attn = ids.to(teacher_device), attn.to(teacher_device)
         with torch.no_grad():
-            t_logits = self.teacher(input_ids=ids.to(teacher_device), attention_mask=attn.to(teacher_device)).logits
-        t_logits = t_logits.to(device)
+            if self._fused is not None:
+                t_out, _ = hidden_forward(self.teacher, self._fused[0], t_ids, t_attn)
+            else:
+                t_out = self.teacher(input_ids=t_ids, attention_mask=t_attn).logits
+        t_out = t_out.to(device)
         _sync(device)
         t1 = time.perf_counter()
-        s_logits = model(input_ids=ids, attention_mask=attn).logits
+        if self._fused is not None:
+            s_out, _ = hidden_forward(model, self._fused[1], ids, attn)
+        else:
+            s_out = model(input_ids=ids, attention_mask=attn).logits
         _sync(device)
         t2 = time.perf_counter()
         self._times.teacher_forward += t1 - t0
@@ -309,9 +401,75 @@ class VCRDTrainer(EngineTrainer):
         start = 0
         for stream, (i, _) in zip(self.streams, parts, strict=True):
             b, n = i.shape
-            out[stream] = (t_logits[start : start + b, :n], s_logits[start : start + b, :n])
+            out[stream] = (t_out[start : start + b, :n], s_out[start : start + b, :n])
             start += b
         return out
+
+    # -- the loss engine -------------------------------------------------------------------------------------
+
+    def _choose_engine(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> None:
+        """Resolve ``loss_engine`` once, on the first batch (see ``training.loss_engine``): fused-linear needs both
+        models' lm_heads (:func:`fused_model`), unsharded parameters (not FSDP / ZeRO-3), the teacher on the
+        student's device and, checked here on the batch's first sequence, ``lm_head(hidden) == logits``."""
+        if self.loss_engine is not None:
+            return
+        reason = ""
+        if self.loss_engine_setting == "logits":
+            reason = "training.loss_engine is logits"
+        else:
+            from transformers.integrations import is_deepspeed_zero3_enabled
+
+            pair = (fused_model(self.teacher), fused_model(self.accelerator.unwrap_model(model)))
+            if self.is_fsdp_enabled or is_deepspeed_zero3_enabled():
+                reason = "parameters are sharded (FSDP / DeepSpeed ZeRO-3): the lm_head weights are not whole"
+            elif isinstance(pair[0], str) or isinstance(pair[1], str):
+                named = zip(("teacher", "student"), pair, strict=True)
+                reason = " and ".join(f"the {who}: {r}" for who, r in named if isinstance(r, str))
+            elif next(self.teacher.parameters()).device != self.args.device:
+                reason = "the teacher is on another device than the student"
+            else:
+                k = STREAM_KEY[self.streams[0]]
+                reason = self._check_fused(model, pair, inputs[f"{k}input_ids"][:1], inputs[f"{k}attention_mask"][:1])  # type: ignore[arg-type]
+                if not reason:
+                    self._fused = pair  # type: ignore[assignment]
+        self.loss_engine = "logits" if reason else "fused_linear"
+        self.loss_engine_reason = reason
+        if reason and self.loss_engine_setting == "fused_linear":
+            raise VcrdError(f"training.loss_engine: fused_linear is not possible here: {reason}; use auto or logits")
+        if reason and self.loss_engine_setting == "auto":
+            warnings.warn(f"training.loss_engine auto: using the logits engine: {reason}", stacklevel=2)
+
+    def _check_fused(
+        self, model: torch.nn.Module, pair: tuple[FusedModel, FusedModel], ids: torch.Tensor, attn: torch.Tensor
+    ) -> str:
+        """One no-grad forward per model over one sequence with logits: their lm_head applied to the captured hidden
+        states must give the model's own logits (else something between them, e.g. a logit transform, is missed)."""
+        teacher_device = next(self.teacher.parameters()).device
+        models = (("teacher", self.teacher, pair[0], teacher_device), ("student", model, pair[1], ids.device))
+        cuda = sorted({d.index or 0 for d in (teacher_device, ids.device) if d.type == "cuda"})
+        training = model.training
+        # eval mode and a forked RNG: the check draws no dropout mask, so a resumed run stays bitwise equal
+        with torch.no_grad(), torch.random.fork_rng(devices=cuda):
+            model.eval()
+            try:
+                return self._compare_logits(models, ids, attn)
+            finally:
+                model.train(training)
+
+    @staticmethod
+    def _compare_logits(models: tuple[tuple[str, Any, FusedModel, torch.device], ...], ids: Any, attn: Any) -> str:
+        for who, m, fused, device in models:
+            hidden, out = hidden_forward(m, fused, ids.to(device), attn.to(device), logits_to_keep=0)
+            head = fused.head
+            mine = torch.nn.functional.linear(hidden.to(head.weight.dtype), head.weight, head.bias).float()
+            theirs = out.logits.float()
+            if mine.shape != theirs.shape:
+                return f"the {who}'s logits {tuple(theirs.shape)} are not lm_head(hidden) {tuple(mine.shape)}"
+            scale = float(theirs.abs().max()) + 1e-6
+            diff = float((mine - theirs).abs().max())
+            if not diff <= 1e-3 * scale:
+                return f"the {who}'s logits differ from lm_head(hidden) by {diff:.3g} (max |logit| {scale:.3g})"
+        return ""
 
     def _generator(self, stream: str, device: torch.device) -> torch.Generator:
         micro = len(self._step.outputs)
@@ -325,18 +483,28 @@ class VCRDTrainer(EngineTrainer):
         return_outputs: bool = False,
         num_items_in_batch: Any = None,
     ) -> Any:
-        logits = self._forward_both(inputs, model)
-        stream_inputs: dict[str, StreamInputs] = {}
+        self._choose_engine(model, inputs)
+        outputs = self._forward_both(inputs, model)
+        stream_inputs: dict[str, StreamInputs | HiddenStreamInputs] = {}
+        device = self.args.device
         for stream in self.streams:
             k = STREAM_KEY[stream]
             points = DecisionPoints.from_masks(inputs[f"{k}attention_mask"], inputs[f"{k}response_mask"])
-            t_logits, s_logits = logits[stream]
+            t_out, s_out = outputs[stream]
+            device = s_out.device
             if self._weights_from_batch(stream):
                 weights = inputs[f"{k}weights"]
-            else:
+            elif self._fused is not None:
+                t_logits, s_logits = self._scoring_logits(stream, t_out, s_out)
                 weights = self._online_weights(stream, inputs, points, t_logits, s_logits)
-            stream_inputs[stream] = StreamInputs(t_logits, s_logits, points, weights)
-        _sync(s_logits.device)
+            else:
+                weights = self._online_weights(stream, inputs, points, t_out, s_out)
+            if self._fused is not None:
+                heads = (self._fused[0].lm_head(), self._fused[1].lm_head())
+                stream_inputs[stream] = HiddenStreamInputs(t_out, s_out, heads[0], heads[1], points, weights)
+            else:
+                stream_inputs[stream] = StreamInputs(t_out, s_out, points, weights)
+        _sync(device)
         t0 = time.perf_counter()
         out = self.objective(**stream_inputs)
         training = model.training and self._global_counts is not None
@@ -345,22 +513,44 @@ class VCRDTrainer(EngineTrainer):
         if training:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
             self._step.outputs.append(out)
-        _sync(s_logits.device)
+        _sync(device)
         self._times.loss += time.perf_counter() - t0
-        return (loss, {"logits": logits}) if return_outputs else loss
+        return (loss, {"outputs": outputs}) if return_outputs else loss
+
+    def _scoring_logits(
+        self, stream: str, t_hidden: torch.Tensor, s_hidden: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Fused-linear engine, online weights: the no-grad logits ``[B, L, V]`` this stream's judge reads (as
+        :func:`score_batch` asks: the other model's for proposals, the student's for its greedy tokens, the
+        teacher's for teacher logits), from the hidden states and lm_heads; None for those it does not read."""
+        sc = self.scoring[stream]
+        if sc.judge is None or not sc.rule.uses_scores():
+            return None, None
+        needs = sc.judge.needs
+        teacher_prefix = stream == Stream.TEACHER_PREFIX.value
+        need_t = Need.TEACHER_LOGITS in needs or (Need.TOKEN_IDS in needs and not teacher_prefix)
+        need_s = Need.STUDENT_GREEDY in needs or (Need.TOKEN_IDS in needs and teacher_prefix)
+        assert self._fused is not None
+        out: list[torch.Tensor | None] = []
+        with torch.no_grad():
+            for need, hidden, fused in ((need_t, t_hidden, self._fused[0]), (need_s, s_hidden, self._fused[1])):
+                head = fused.head
+                out.append(torch.nn.functional.linear(hidden.detach(), head.weight, head.bias) if need else None)
+        return out[0], out[1]
 
     def _online_weights(
         self,
         stream: str,
         inputs: dict[str, torch.Tensor],
         points: DecisionPoints,
-        t_logits: torch.Tensor,
-        s_logits: torch.Tensor,
+        t_logits: torch.Tensor | None,
+        s_logits: torch.Tensor | None,
     ) -> torch.Tensor:
         k = STREAM_KEY[stream]
         sc = self.scoring[stream]
-        device = t_logits.device
-        if sc.judge is not None and not (_scorable(points, t_logits) and _scorable(points, s_logits)):
+        device = inputs[f"{k}input_ids"].device
+        given = [x for x in (t_logits, s_logits) if x is not None]
+        if sc.judge is not None and not all(_scorable(points, x) for x in given):
             # NaN / +inf logits (an overflow) cannot be scored: the non-finite guard skips this step.
             self._step.nonfinite_loss = True
             return torch.zeros(points.shape, device=device)
@@ -372,7 +562,7 @@ class VCRDTrainer(EngineTrainer):
             inputs[f"{k}attention_mask"],
             points,
             t_logits,
-            s_logits.detach(),
+            None if s_logits is None else s_logits.detach(),
             sc.judge,
             sc.rule,
             proposal=sc.proposal,  # type: ignore[arg-type]
