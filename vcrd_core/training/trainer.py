@@ -6,7 +6,11 @@ step, in :meth:`VCRDTrainer.compute_loss`:
 
 1. both enabled streams' sequences are padded into one batch; the frozen teacher (eval, no grad, its own
    dtype, prepared with the accelerator in evaluation mode as GKD does) and the student each run **one**
-   forward over it (one student forward per micro-batch: DDP sees one forward per backward);
+   forward over it (one student forward per micro-batch: DDP sees one forward per backward). With the
+   fused-linear engine (``training.loss_engine``, DESIGN.md §2.9; the default where the models allow it) these
+   forwards build no logits: the final hidden states are captured at the decoder and the objective gets
+   :class:`~vcrd_core.losses.objective.HiddenStreamInputs`; a judge that reads logits gets no-grad ones made
+   from the hidden states for what it reads;
 2. per stream: decision points, then weights — offline from the batch (the rollout store), online through
    :func:`vcrd_core.judging.scoring.score_batch` with the current student's logits (the student's proposal
    on the teacher prefix and its score are recomputed every step), or from the static cache (below);
