@@ -5,8 +5,11 @@ variants on the same tiny models, measured in one run so the ratios compare:
 * online prm_value_head (a tiny value-head PRM; the student-prefix stream is scored once, the teacher-prefix
   stream every step).
 
-``python benchmarks/bench_train_step.py [--steps 10] [--batch 8] [--hidden 128]``. CPU by default; the times are
-means over the steps after the first (warm-up).
+Each variant runs on each loss engine (``training.loss_engine``: ``logits`` and ``fused_linear``), every ratio
+against the constant-weight step of the same engine.
+
+``python benchmarks/bench_train_step.py [--steps 10] [--batch 8] [--hidden 128] [--engines logits fused_linear]``.
+CPU by default; the times are means over the steps after the first (warm-up).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--length", type=int, default=48)
     ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--engines", nargs="+", default=["logits", "fused_linear"], choices=["logits", "fused_linear"])
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="vcrd-bench-"))
     vocab = len(SPECIALS) + len(CHARS)
@@ -67,30 +71,35 @@ def main() -> None:
         "online teacher_likelihood": ({"judge": {"name": "teacher_likelihood"}}, False),
         "online prm_value_head": ({"judge": {"name": "prm_value_head", "params": {"path": str(prm)}}}, False),
     }
-    results = {}
-    for name, (sections, offline) in variants.items():
-        training = {"max_steps": args.steps, "per_device_batch_size": args.batch, "logging_steps": 1000}
-        cfg = config_dict(root / name.replace(" ", "_"), teacher, student, training=training, **sections)
-        config = run_config(cfg)
-        prepared = prepare(config, resume=False, rows=data(args.batch * args.steps, args.length, offline))
-        trainer = build_trainer(config, prepared)
-        trainer.train()
-        steps = [json.loads(line) for line in (Path(cfg["output"]["dir"]) / "metrics.jsonl").read_text().splitlines()]
-        steps = steps[1:]
-        mean = {p: sum(s[f"time/{p}"] for s in steps) / len(steps) for p in PARTS}
-        mean["step"] = sum(s["step_seconds"] for s in steps) / len(steps)
-        mean["static_scoring"] = trainer.static_scoring_seconds
-        results[name] = mean
-    results.pop("warm-up (not reported)")
-    base = results["constant"]["step"]
+    results: dict[tuple[str, str], dict[str, float]] = {}
+    for engine in args.engines:
+        for name, (sections, offline) in variants.items():
+            training = {"max_steps": args.steps, "per_device_batch_size": args.batch, "logging_steps": 1000,
+                        "loss_engine": engine}  # fmt: skip
+            cfg = config_dict(root / engine / name.replace(" ", "_"), teacher, student, training=training, **sections)
+            config = run_config(cfg)
+            prepared = prepare(config, resume=False, rows=data(args.batch * args.steps, args.length, offline))
+            trainer = build_trainer(config, prepared)
+            trainer.train()
+            assert trainer.loss_engine == engine, (trainer.loss_engine, trainer.loss_engine_reason)
+            lines = (Path(cfg["output"]["dir"]) / "metrics.jsonl").read_text().splitlines()
+            steps = [json.loads(line) for line in lines][1:]
+            mean = {p: sum(s[f"time/{p}"] for s in steps) / len(steps) for p in PARTS}
+            mean["step"] = sum(s["step_seconds"] for s in steps) / len(steps)
+            mean["static_scoring"] = trainer.static_scoring_seconds
+            if not name.startswith("warm-up"):
+                results[(engine, name)] = mean
     print(f"torch threads {torch.get_num_threads()}, batch {args.batch} x 2 streams, response {args.length + 1}, "
           f"student hidden {args.hidden}, teacher hidden {2 * args.hidden}, {args.steps - 1} timed steps")  # fmt: skip
-    print("| variant | step (s) | vs constant | teacher fwd | student fwd | judge | loss | backward+optimizer | "
-          "static scoring (s, once) |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|")
-    for name, m in results.items():
+    print("| engine | variant | step (s) | vs constant | teacher fwd | student fwd | judge | loss "
+          "| backward+optimizer | static scoring (s, once) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for (engine, name), m in results.items():
+        base = results[(engine, "constant")]["step"]
         shares = " | ".join(f"{m[p] / m['step']:.0%}" for p in PARTS)
-        print(f"| {name} | {m['step']:.3f} | {m['step'] / base:.2f}x | {shares} | {m['static_scoring']:.2f} |")
+        print(
+            f"| {engine} | {name} | {m['step']:.3f} | {m['step'] / base:.2f}x | {shares} | {m['static_scoring']:.2f} |"
+        )
 
 
 if __name__ == "__main__":
