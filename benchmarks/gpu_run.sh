@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# benchmarks/gpu_step.py on a GPU machine that has Python 3.12 with torch, transformers, peft, accelerate, pluggy,
+# pyyaml, rich, pyarrow, numpy, safetensors and tokenizers, but no network: installs the wheels carried in .whl/
+# (pydantic, pydantic-core, annotated-types, typing-inspection, typing-extensions, setuptools) and this
+# repository itself, without dependencies, into $VCRD_SITE (so the `vcrd` entry points of the built-in plugins
+# exist), then runs the benchmark; its log and JSON go to $OUT (the device tool's output folder; default out/).
+#
+# From the repository root:  bash benchmarks/gpu_run.sh [gpu_step.py arguments, e.g. --full-finetune]
+set -euo pipefail
+
+SITE=${VCRD_SITE:-/tmp/site}
+OUT=${OUT:-out}
+mkdir -p "$OUT" "$SITE"
+export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
+shopt -s nullglob
+wheels=(.whl/*.whl)
+if ((${#wheels[@]})); then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "${wheels[@]}"
+fi
+# the carried setuptools (>= 77: pyproject's SPDX license) builds the repository; nothing is downloaded
+PYTHONPATH="$SITE" python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --no-cache-dir \
+    --upgrade --target "$SITE" .
+export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+python3 -c "import importlib.metadata as m; print('vcrd entry points:', sorted(e.name for e in m.entry_points(group='vcrd')))"
+python3 benchmarks/gpu_step.py --json "$OUT/gpu_step.json" "$@" 2>&1 | tee "$OUT/gpu_step.log"
