@@ -8,7 +8,7 @@ from __future__ import annotations
 from vcrd_core.decision_points import IGNORE_INDEX, DecisionPoints, Stream
 from vcrd_core.errors import ConfigError, ParamError, PluginError, VcrdError
 from vcrd_core.hookspecs import hookimpl
-from vcrd_core.judging.judge import Judge, JudgeContext, JudgeRequest, JudgeScores, Need, TokenJudge
+from vcrd_core.judging.judge import Judge, JudgeContext, JudgeRequest, JudgeScores, Need, RowJudge, TokenJudge
 from vcrd_core.losses.divergence import Divergence
 from vcrd_core.losses.objective import (
     HiddenStreamInputs,
@@ -71,6 +71,7 @@ __all__ = [
     "ParamError",
     "PluginError",
     "Reduction",
+    "RowJudge",
     "Stream",
     "StreamInputs",
     "StreamLoss",

@@ -121,6 +121,70 @@ class TokenJudge(Judge):
         return JudgeScores(r_s=actual, r_t=alt)
 
 
+class RowJudge(Judge):
+    """A judge whose two scores at a decision point read only that point's logits row: the teacher's logits at row
+    ``t-1`` and the student's greedy token there (``teacher_likelihood`` is one). It implements
+    :meth:`score_rows`; :meth:`score` is derived from it. Because nothing else is read, the trainer's fused-linear
+    engine scores such a judge inside its loss pass, chunk by chunk, from logits it computes anyway (no
+    ``[B, L, V]`` logits are built for it; DESIGN.md §2.9).
+    """
+
+    needs: ClassVar[frozenset[Need]] = frozenset({Need.TEACHER_LOGITS, Need.STUDENT_GREEDY})
+    #: Decision points per block in :meth:`score` (bounds its memory to one ``[block, V]`` float32 block).
+    row_block: ClassVar[int] = 64
+
+    def score_rows(
+        self, teacher_logits: torch.Tensor, student_greedy: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(r_s, r_t)``, float32 ``[n]`` in ``[0, 1]``, from float32 teacher logits ``[n, V]`` (only the tokenizer's
+        real ids, before any temperature) and the student's greedy tokens ``[n]`` at the same rows."""
+        raise NotImplementedError
+
+    def real_vocab(self, width: int) -> int:
+        """The tokenizer's real vocabulary from the loaded context (``width``: the logits' columns, if none)."""
+        context = getattr(self, "context", None)
+        v_real = getattr(context, "vocab_size", None) or width
+        if not 1 <= v_real <= width:
+            raise VcrdError(
+                f"judge '{self.name}': the tokenizer has {v_real} ids but the teacher logits have {width} columns; "
+                "the logits must cover every real id (a padded lm_head may have more, never fewer)"
+            )
+        return v_real
+
+    def score(self, request: JudgeRequest) -> JudgeScores:
+        """:meth:`score_rows` over the decision points of ``request`` (either stream), one block at a time; 0
+        elsewhere."""
+        logits, greedy = request.teacher_logits, request.student_greedy
+        where = f"judge '{self.name}' ({request.stream.value} stream)"
+        if logits is None:
+            raise VcrdError(f"{where} needs the teacher logits (JudgeRequest.teacher_logits), got none")
+        if greedy is None:
+            raise VcrdError(f"{where} needs the student's greedy tokens (JudgeRequest.student_greedy), got none")
+        points = request.points
+        if logits.dim() != 3 or greedy.dim() != 2:
+            raise VcrdError(
+                f"{where}: expected teacher_logits [B, L, V] and student_greedy [B, L], "
+                f"got {tuple(logits.shape)} and {tuple(greedy.shape)}"
+            )
+        points.check_shape(logits, "teacher_logits", where)
+        points.check_shape(greedy, "student_greedy", where)
+        v_real = self.real_vocab(logits.shape[-1])
+        proposals = points.gather(greedy).long()
+        if proposals.numel() and (int(proposals.min()) < 0 or int(proposals.max()) >= v_real):
+            bad = int(proposals.min()) if int(proposals.min()) < 0 else int(proposals.max())
+            raise VcrdError(
+                f"judge '{self.name}': student greedy token id {bad} at a decision point is outside the "
+                f"tokenizer's real vocabulary [0, {v_real}); greedy proposals must take the argmax over real ids only"
+            )
+        r_s = torch.zeros(points.num_points, dtype=torch.float32, device=logits.device)
+        r_t = torch.zeros_like(r_s)
+        for chunk in points.chunks(self.row_block):
+            # Only this chunk's rows are copied: never the whole [N, V] selection.
+            rows = points.logits_at(logits, chunk.start, chunk.stop)[:, :v_real].float()
+            r_s[chunk], r_t[chunk] = self.score_rows(rows, proposals[chunk])
+        return JudgeScores(r_s=points.scatter(r_s), r_t=points.scatter(r_t))
+
+
 def checked_scores(judge: Judge, request: JudgeRequest) -> JudgeScores:
     """Call ``judge.score`` and refuse scores that are NaN or outside [0, 1] at decision points:
     they must never be turned into weights."""

@@ -28,7 +28,8 @@ import torch
 
 from vcrd_core.decision_points import DecisionPoints, Stream
 from vcrd_core.errors import VcrdError
-from vcrd_core.judging.judge import Judge, JudgeRequest, Need, checked_scores
+from vcrd_core.judging.judge import Judge, JudgeRequest, Need, RowJudge, checked_scores
+from vcrd_core.losses.fused_linear import RowChunk, RowExtras
 from vcrd_core.losses.weighting import WeightingRule
 
 ProposalMode = Literal["sample", "greedy"]
@@ -204,3 +205,49 @@ def score_batch(
             same_token = (proposals == input_ids.to(proposals.device)) & points.mask.to(proposals.device)
     weights = rule(scores.r_s, scores.r_t, same_token, mask=points.mask.to(scores.r_s.device))
     return ScoredBatch(stream, points, weights, proposals, student_greedy, same_token, scores.r_s, scores.r_t)
+
+
+class RowWeights:
+    """Weights of one stream made inside the fused-linear loss pass, for a :class:`~vcrd_core.RowJudge`: a
+    callable for :class:`~vcrd_core.losses.objective.HiddenStreamInputs` ``weights`` (with :attr:`want`).
+
+    Per chunk of decision points it reads the chunk's teacher logits and the student's greedy tokens (from the
+    logits the pass computes anyway), scores them with :meth:`RowJudge.score_rows`, refuses scores that are NaN
+    at finite logits or outside ``[0, 1]`` (as :func:`~vcrd_core.judging.judge.checked_scores` does) and applies
+    the rule (no parity: a row judge reads no proposal, as in :func:`score_batch`). Rows whose teacher logits are
+    NaN / +inf cannot be scored: their weight is 0 and :attr:`nonfinite` counts them (the trainer then skips the
+    step). The weights equal :func:`score_batch`'s on the same logits.
+    """
+
+    def __init__(self, judge: Judge, rule: WeightingRule, stream: Stream | str) -> None:
+        if not isinstance(judge, RowJudge):  # the judge's type decides: one checked place
+            raise VcrdError(f"RowWeights: judge '{judge.name}' is not a RowJudge (it reads more than one logits row)")
+        self.judge: RowJudge = judge
+        self.rule, self.stream = rule, Stream(stream)
+        #: What the pass must hand to this callable.
+        self.want = RowExtras(student_greedy=True, teacher_logits=True)
+        self.nonfinite = 0
+
+    def __call__(self, chunk: RowChunk) -> torch.Tensor:
+        logits, greedy = chunk.teacher_logits, chunk.student_greedy
+        if logits is None or greedy is None:
+            raise VcrdError("RowWeights: the pass must hand over teacher_logits and student_greedy (use .want)")
+        bad = torch.isnan(logits).any(-1) | torch.isposinf(logits).any(-1)
+        if bool(bad.any()):
+            self.nonfinite += int(bad.sum())
+            logits = logits.masked_fill(bad.unsqueeze(-1), 0.0)
+        r_s, r_t = self.judge.score_rows(logits, greedy)
+        where = f"judge '{self.judge.name}' ({self.stream.value} stream)"
+        for role, values in (("r_s", r_s), ("r_t", r_t)):
+            if values.shape != greedy.shape:
+                raise VcrdError(f"{where}: score_rows returned {role} of shape {tuple(values.shape)}, "
+                                f"expected {tuple(greedy.shape)}")  # fmt: skip
+            if bool(torch.isnan(values).any()):
+                raise VcrdError(f"{where}: score_rows returned NaN {role} scores; refusing to turn them into weights")
+            if bool(((values < 0) | (values > 1)).any()):
+                raise VcrdError(
+                    f"{where}: score_rows returned {role} scores outside [0, 1] (min {float(values.min()):.4g}, "
+                    f"max {float(values.max()):.4g})"
+                )
+        weights = self.rule(r_s, r_t, None)
+        return weights.masked_fill(bad, 0.0)

@@ -128,6 +128,9 @@ class RowExtras:
       (int ``[n]`` in ``[0, V)``; default: the student's greedy token of the same row: the judge's ``r_s``).
     * ``teacher_topk_sq``: ``Σ_{top-k} p²`` of the teacher at ``judge_temperature``,
       ``k = min(top_k, V)``, clamped to ``≤ 1`` (the judge's ``r_t``).
+    * ``teacher_logits``: hand the chunk's teacher logits (float32 ``[stop - start, V]``, real ids only, before
+      any temperature) to the ``weights`` callable (:attr:`RowChunk.teacher_logits`; for a
+      :class:`vcrd_core.judging.judge.RowJudge`). They are not kept: nothing of them is returned.
     """
 
     student_greedy: bool = False
@@ -140,6 +143,7 @@ class RowExtras:
     teacher_topk_sq: bool = False
     top_k: int = DEFAULT_TOP_K
     judge_temperature: float = 1.0
+    teacher_logits: bool = False
 
 
 @dataclass
@@ -157,6 +161,7 @@ class RowChunk:
     student_sample: torch.Tensor | None = None
     teacher_token_prob: torch.Tensor | None = None
     teacher_topk_sq: torch.Tensor | None = None
+    teacher_logits: torch.Tensor | None = None
 
 
 @dataclass
@@ -393,7 +398,8 @@ def _run(
                     topk_sq[start:stop] = (2.0 * top).exp().sum(-1).clamp(max=1.0)
                     del top
                 del judge_logp
-            del t32
+            if not want.teacher_logits:
+                del t32
             student_logp = torch.log_softmax(s32 / tau if tau != 1.0 else s32, dim=-1)
             chunk_values = div.value(teacher_logp, student_logp)
             if not isinstance(chunk_values, torch.Tensor) or chunk_values.shape != (stop - start,):
@@ -416,8 +422,11 @@ def _run(
                         None if sample is None else sample[start:stop],
                         None if token_prob is None else token_prob[start:stop],
                         None if topk_sq is None else topk_sq[start:stop],
+                        t32 if want.teacher_logits else None,
                     ),
                 )
+            if want.teacher_logits:
+                del t32
             g = None
             if need_any and chunk_values.requires_grad:  # else: a divergence constant in the student
                 weighted = (chunk_values * plan.coefficients[start:stop]).sum()

@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -30,7 +30,7 @@ from vcrd_core.decision_points import DecisionPoints, Stream
 from vcrd_core.errors import VcrdError
 from vcrd_core.losses.chunked import chunked_divergence
 from vcrd_core.losses.divergence import Divergence
-from vcrd_core.losses.fused_linear import fused_linear_divergence, row_coefficients
+from vcrd_core.losses.fused_linear import RowChunk, RowExtras, fused_linear_divergence, row_coefficients
 from vcrd_core.plugins.registry import create
 
 if TYPE_CHECKING:
@@ -119,6 +119,12 @@ class HiddenStreamInputs:
 
     ``teacher_hidden`` ``[B, L, H_t]`` (no gradient) and ``student_hidden`` ``[B, L, H_s]``; ``teacher_head`` /
     ``student_head``: their :class:`LMHead`; ``points`` / ``labels`` / ``weights`` as in :class:`StreamInputs`.
+
+    ``weights`` may also be a callable that makes the weights from the logits of the same pass (weights that
+    depend on them, e.g. a :class:`vcrd_core.RowJudge`'s scores): it is called once per chunk of decision
+    points (in order) with a :class:`vcrd_core.losses.fused_linear.RowChunk` carrying the extras asked for in
+    ``want``, before the chunk's gradient, and returns the chunk's weights ``w_t`` (float ``[stop - start]``,
+    finite, ``>= 0``); the objective applies the reduction and computes the weight statistics afterwards.
     """
 
     teacher_hidden: torch.Tensor
@@ -126,8 +132,9 @@ class HiddenStreamInputs:
     teacher_head: LMHead
     student_head: LMHead
     points: DecisionPoints | None = None
-    weights: torch.Tensor | None = None
+    weights: torch.Tensor | Callable[[RowChunk], torch.Tensor] | None = None
     labels: torch.Tensor | None = None
+    want: RowExtras | None = None
 
     def __post_init__(self) -> None:
         self.points = _resolve_points(self.points, self.labels, "HiddenStreamInputs")
@@ -276,6 +283,26 @@ class ObjectiveOutput:
         return out
 
 
+class _DeferredWeights:
+    """The fused engine's ``weights`` callable for weights made inside its pass: calls the user's callable per chunk,
+    keeps its weights (for the statistics) and returns them times the reduction's factor."""
+
+    def __init__(
+        self, fn: Callable[[RowChunk], torch.Tensor], factor: torch.Tensor, into: torch.Tensor, where: str
+    ) -> None:
+        self.fn, self.factor, self.into, self.where = fn, factor, into, where
+
+    def __call__(self, chunk: RowChunk) -> torch.Tensor:
+        w = self.fn(chunk)
+        n = chunk.stop - chunk.start
+        if not isinstance(w, torch.Tensor) or w.shape != (n,) or not w.is_floating_point():
+            got = f"{w.dtype} {tuple(w.shape)}" if isinstance(w, torch.Tensor) else type(w).__name__
+            raise VcrdError(f"{self.where}: the weights callable must return a float tensor [{n}], got {got}")
+        w = w.detach().to(device=self.into.device, dtype=torch.float32)
+        self.into[chunk.start : chunk.stop] = w
+        return w * self.factor[chunk.start : chunk.stop]
+
+
 class VCRDObjective:
     """The weighted two-stream objective :math:`\\lambda_T \\mathcal{L}_{LV-SKL} + \\lambda_S \\mathcal{L}_{LV-SRKL}`
     (Eq. 3–4) on batches of logits, memory-bounded through :func:`vcrd_core.losses.chunked.chunked_divergence`.
@@ -386,11 +413,12 @@ class VCRDObjective:
             )
         points = inputs.decision_points.to(student.device)
         num_points = points.num_points
-        if inputs.weights is None:
+        deferred = callable(inputs.weights) and not isinstance(inputs.weights, torch.Tensor)
+        if inputs.weights is None or deferred:
             weights = torch.ones(num_points, dtype=torch.float32, device=student.device)
         else:
-            weights = points.gather(inputs.weights.detach().to(device=student.device)).to(torch.float32)
-        stats = self._weight_stats(name, weights)
+            weights = points.gather(inputs.weights.detach().to(device=student.device)).to(torch.float32)  # type: ignore[union-attr]
+        stats = {} if deferred else self._weight_stats(name, weights)
         if num_points == 0:
             # A zero that stays connected to the student's graph, so backward() still works.
             zero = student.reshape(-1)[:0].to(torch.float32).sum()
@@ -399,6 +427,9 @@ class VCRDObjective:
             assert isinstance(inputs, HiddenStreamInputs)
             # the reduction folded into per-point coefficients: loss_sum = sum_n c_n D_n (fused_linear's docstring)
             coefficients, count = row_coefficients(weights, points.batch, self.reduction.value)
+            given: torch.Tensor | Callable[[RowChunk], torch.Tensor] = coefficients
+            if deferred:
+                given = _DeferredWeights(inputs.weights, coefficients, weights, f"VCRDObjective ({name} stream)")  # type: ignore[arg-type]
             out = fused_linear_divergence(
                 loss.divergence,
                 inputs.student_hidden,
@@ -406,13 +437,16 @@ class VCRDObjective:
                 inputs.teacher_hidden.detach(),
                 inputs.teacher_head.weight.detach(),
                 rows=points.rows,
-                weights=coefficients,
+                weights=given,
                 student_bias=inputs.student_head.bias,
                 teacher_bias=None if inputs.teacher_head.bias is None else inputs.teacher_head.bias.detach(),
                 vocab_size=self.vocab_size,
                 temperature=self.temperature,
                 chunk_size=self.chunk_size,
+                want=inputs.want,
             )
+            if deferred:
+                stats = self._weight_stats(name, weights)  # filled in chunk by chunk by _DeferredWeights
             return StreamOutput(out.loss, count, num_points, loss.lam, stats)
 
         values = chunked_divergence(
@@ -446,10 +480,15 @@ class VCRDObjective:
                 got = tuple(hidden.shape) if isinstance(hidden, torch.Tensor) else type(hidden).__name__
                 raise VcrdError(f"{where}: {label} must be [B, L, H], got {got}")
             points.check_shape(hidden, label, where)
-        if inputs.weights is not None:
+        if isinstance(inputs.weights, torch.Tensor):
             if inputs.weights.dim() != 2:
                 raise VcrdError(f"{where}: weights must be [B, L] or None, got shape {tuple(inputs.weights.shape)}")
             points.check_shape(inputs.weights, "weights", where)
+        elif inputs.weights is not None and not callable(inputs.weights):
+            raise VcrdError(
+                f"{where}: weights must be a [B, L] tensor, a callable (RowChunk -> [n]) or None, "
+                f"got {type(inputs.weights).__name__}"
+            )
 
     def _check_shapes(self, name: str, inputs: StreamInputs) -> None:
         teacher, student, points = inputs.teacher_logits, inputs.student_logits, inputs.decision_points

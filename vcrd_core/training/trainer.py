@@ -65,8 +65,8 @@ from transformers import Trainer, TrainerCallback
 
 from vcrd_core.decision_points import DecisionPoints, Stream
 from vcrd_core.errors import VcrdError
-from vcrd_core.judging.judge import Judge, Need
-from vcrd_core.judging.scoring import score_batch
+from vcrd_core.judging.judge import Judge, Need, RowJudge
+from vcrd_core.judging.scoring import RowWeights, score_batch
 from vcrd_core.losses.objective import (
     HiddenStreamInputs,
     LMHead,
@@ -490,14 +490,19 @@ class VCRDTrainer(EngineTrainer):
         self._choose_engine(model, inputs)
         outputs = self._forward_both(inputs, model)
         stream_inputs: dict[str, StreamInputs | HiddenStreamInputs] = {}
+        in_pass: list[RowWeights] = []  # streams whose weights the fused pass makes (a RowJudge)
         device = self.args.device
         for stream in self.streams:
             k = STREAM_KEY[stream]
             points = DecisionPoints.from_masks(inputs[f"{k}attention_mask"], inputs[f"{k}response_mask"])
             t_out, s_out = outputs[stream]
             device = s_out.device
+            row_weights = None
             if self._weights_from_batch(stream):
                 weights = inputs[f"{k}weights"]
+            elif self._fused is not None and self._scored_in_pass(stream):
+                weights = row_weights = RowWeights(self.scoring[stream].judge, self.scoring[stream].rule, stream)  # type: ignore[arg-type]
+                in_pass.append(row_weights)
             elif self._fused is not None:
                 t_logits, s_logits = self._scoring_logits(stream, t_out, s_out)
                 weights = self._online_weights(stream, inputs, points, t_logits, s_logits)
@@ -505,12 +510,15 @@ class VCRDTrainer(EngineTrainer):
                 weights = self._online_weights(stream, inputs, points, t_out, s_out)
             if self._fused is not None:
                 heads = (self._fused[0].lm_head(), self._fused[1].lm_head())
-                stream_inputs[stream] = HiddenStreamInputs(t_out, s_out, heads[0], heads[1], points, weights)
+                want = None if row_weights is None else row_weights.want
+                stream_inputs[stream] = HiddenStreamInputs(t_out, s_out, heads[0], heads[1], points, weights, want=want)
             else:
                 stream_inputs[stream] = StreamInputs(t_out, s_out, points, weights)
         _sync(device)
         t0 = time.perf_counter()
         out = self.objective(**stream_inputs)
+        if any(r.nonfinite for r in in_pass):
+            self._step.nonfinite_loss = True  # NaN / +inf teacher logits could not be scored: skip this step
         training = model.training and self._global_counts is not None
         counts = self._global_counts if training else None
         loss = out.loss(counts=counts)
@@ -520,6 +528,11 @@ class VCRDTrainer(EngineTrainer):
         _sync(device)
         self._times.loss += time.perf_counter() - t0
         return (loss, {"outputs": outputs}) if return_outputs else loss
+
+    def _scored_in_pass(self, stream: str) -> bool:
+        """Online weights of a :class:`RowJudge` with a score-reading rule: made inside the fused pass."""
+        sc = self.scoring[stream]
+        return isinstance(sc.judge, RowJudge) and sc.rule.uses_scores()
 
     def _scoring_logits(
         self, stream: str, t_hidden: torch.Tensor, s_hidden: torch.Tensor

@@ -37,10 +37,10 @@ from typing import ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from vcrd_core import Judge, JudgeContext, JudgeRequest, JudgeScores, Need, VcrdError
+from vcrd_core import JudgeContext, JudgeRequest, JudgeScores, Need, RowJudge, VcrdError
 
 
-class TeacherLikelihoodJudge(Judge):
+class TeacherLikelihoodJudge(RowJudge):
     """PRM-free validity (VCRD-Prob): r_s = teacher p(student greedy token), r_t = sum of top-k teacher p^2.
 
     ``r_t`` is not a score of any teacher token, so the core's "same token ⇒ parity" rule does not
@@ -145,6 +145,13 @@ class TeacherLikelihoodJudge(Judge):
                 points.logits_at(logits, chunk.start, chunk.stop), proposals[chunk], v_real
             )
         return JudgeScores(r_s=points.scatter(r_s), r_t=points.scatter(r_t))
+
+    def score_rows(
+        self, teacher_logits: torch.Tensor, student_greedy: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:class:`~vcrd_core.RowJudge`'s row scores (the fused-linear engine calls this inside its loss pass):
+        ``teacher_logits`` ``[n, V]`` hold only the real ids."""
+        return self._score_rows(teacher_logits, student_greedy.long(), teacher_logits.shape[-1])
 
     def _score_rows(
         self, logits: torch.Tensor, proposals: torch.Tensor, v_real: int
