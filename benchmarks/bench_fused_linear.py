@@ -68,16 +68,23 @@ def worker(args: argparse.Namespace) -> None:
             chunk_size=args.chunk_size,
         )
 
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
     g = torch.Generator().manual_seed(0)
     scale = 3.0 / h**0.5  # logits of standard deviation ~3, like a trained model's
-    student_hidden = torch.randn(n, h, generator=g).to(dtype).requires_grad_(True)
-    teacher_hidden = torch.randn(n, h, generator=g).to(dtype)
-    student_weight = (torch.randn(v, h, generator=g) * scale).to(dtype).requires_grad_(not args.frozen_head)
-    teacher_weight = (torch.randn(v, h, generator=g) * scale).to(dtype)
-    labels = torch.zeros(n, dtype=torch.long)
-    coefficients = torch.full((n,), 1.0 / n)
-    baseline = current_rss_bytes()
-    reset_peak_rss()
+    student_hidden = torch.randn(n, h, generator=g).to(device, dtype).requires_grad_(True)
+    teacher_hidden = torch.randn(n, h, generator=g).to(device, dtype)
+    student_weight = (torch.randn(v, h, generator=g) * scale).to(device, dtype).requires_grad_(not args.frozen_head)
+    teacher_weight = (torch.randn(v, h, generator=g) * scale).to(device, dtype)
+    labels = torch.zeros(n, dtype=torch.long, device=device)
+    coefficients = torch.full((n,), 1.0 / n, device=device)
+    if cuda:  # GPU memory: the allocator's peak above what the inputs hold
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        baseline = torch.cuda.memory_allocated(device)
+    else:
+        baseline = current_rss_bytes()
+        reset_peak_rss()
 
     def step() -> torch.Tensor:
         student_hidden.grad = None
@@ -108,13 +115,15 @@ def worker(args: argparse.Namespace) -> None:
             assert liger_loss is not None
             loss = liger_loss(student_hidden, student_weight, teacher_hidden, teacher_weight, labels)
         loss.backward()
+        if cuda:
+            torch.cuda.synchronize(device)
         return loss.detach()
 
     seconds, loss = median_seconds(step, warmup=args.warmup, repeats=args.repeats)
-    peak = peak_rss_bytes() - baseline
-    grads = {"loss": loss.float(), "hidden": student_hidden.grad}
+    peak = (torch.cuda.max_memory_allocated(device) if cuda else peak_rss_bytes()) - baseline
+    grads = {"loss": loss.float().cpu(), "hidden": student_hidden.grad.cpu()}
     if student_weight.grad is not None:
-        grads["weight"] = student_weight.grad
+        grads["weight"] = student_weight.grad.cpu()
     torch.save(grads, args.out)
     report(args.variant, seconds, peak)
 
@@ -132,6 +141,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the box is shared)")
+    parser.add_argument(
+        "--device", default="cpu", choices=["cpu", "cuda"], help="cuda: peak is the allocator's, above the inputs"
+    )
     parser.add_argument("--skip", nargs="*", default=[], help="variants to leave out, as VARIANT or VARIANT@N")
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
@@ -145,7 +157,7 @@ def main() -> None:
 
     print(
         f"{args.divergence}, V={args.vocab:,}, H={args.hidden}, {args.dtype}, chunk={args.chunk_size} rows, "
-        f"lm_head {'frozen' if args.frozen_head else 'trained'}, {args.threads} thread(s), "
+        f"lm_head {'frozen' if args.frozen_head else 'trained'}, {args.device}, {args.threads} thread(s), "
         f"median of {args.repeats} after {args.warmup} warm-up"
     )
     columns = ("fwd+bwd s", "peak extra", "max|dloss|", "max|dgrad_h|", "max|dgrad_W|")

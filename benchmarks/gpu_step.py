@@ -29,8 +29,8 @@ per-step times are read from the run's ``metrics.jsonl``: ``step_seconds``, ``ti
 
 **Model FLOPs per step** (MFU = model FLOPs per step / (median step time x peak dense bf16 FLOP/s)), with
 ``T`` the policy tokens of the step (both streams), ``L`` the sequence length, ``P`` a model's non-embedding
-parameters plus its LM-head matmul (``V x H``: the LM head costs ``2 V H`` FLOPs per token and forward,
-tied or not), ``n`` layers and ``d`` the attention width (heads x head dim):
+parameters, ``n`` layers and ``d`` the attention width (heads x head dim); the LM head (``V x H``, tied or
+not) is counted apart, below:
 
 * teacher forward: ``2 P_t T`` + attention;
 * student forward: ``2 P_s T`` + attention;
@@ -42,8 +42,9 @@ tied or not), ``n`` layers and ``d`` the attention width (heads x head dim):
   ``A_j`` the (query, key) pairs its tree mask allows (so its attention is counted exactly, causal or not);
   ``P_j`` = the body's non-embedding parameters (it runs no LM head). ``teacher_likelihood`` reads the
   teacher's logits: no FLOPs of its own;
-* the LM head is counted on every token of every forward, as if the logits were all computed (an engine that
-  applies it at the decision points only does less than this);
+* the LM head (``2 V H`` per row and forward, its backward as the body's) is counted at the decision points
+  only (the response tokens: the rows whose logits the loss needs), which is what the fused-linear engine
+  computes; the logits engine computes it on every token, more than this (its extra work earns no MFU);
 * not counted: the loss (softmax / divergences over the vocabulary), sampling, the optimizer, LoRA's own matmuls.
 
 Peak dense bf16 FLOP/s: ``--peak-tflops``, else from ``torch.cuda.get_device_name()``: H100 SXM / H200 989,
@@ -468,11 +469,13 @@ def policy_flops(args: argparse.Namespace, teacher: ModelCost, student: ModelCos
         return n_seq * 2.0 * cost.layers * cost.attention_width * length**2
 
     backward = 4 if args.full_finetune else 2
+    points = n_seq * args.response_length  # the decision points: the only rows whose logits the loss needs
     return {
         "tokens": float(tokens),
-        "teacher_forward": 2.0 * teacher.flops_params * tokens + attention(teacher),
-        "student_forward": 2.0 * student.flops_params * tokens + attention(student),
-        "student_backward": float(backward) * student.flops_params * tokens + 2 * attention(student),
+        "teacher_forward": 2.0 * (teacher.non_embedding * tokens + teacher.lm_head * points) + attention(teacher),
+        "student_forward": 2.0 * (student.non_embedding * tokens + student.lm_head * points) + attention(student),
+        "student_backward": float(backward) * (student.non_embedding * tokens + student.lm_head * points)
+        + 2 * attention(student),
     }
 
 
@@ -630,7 +633,7 @@ def report(results: dict[str, Any]) -> None:
         )
     m = results["models"]
     print(
-        "P (non-embedding + LM head, M): "
+        "P + V*H (non-embedding + LM head, M): "
         + ", ".join(f"{k} {c['flops_params'] / 1e6:,.1f}" for k, c in m.items())
         + f"; setup {results['setup_seconds']:.1f} s, total {results['total_seconds']:.1f} s"
     )
@@ -666,9 +669,10 @@ def main(argv: list[str] | None = None) -> int:
         "peft": peft.__version__,
         "python": platform.python_version(),
         "flops_formula": [
-            "teacher fwd 2*P_t*T + attn",
-            "student fwd 2*P_s*T + attn",
-            f"student bwd {4 if args.full_finetune else 2}*P_s*T + 2*attn",
+            "teacher fwd 2*(P_t*T + V_t*H_t*N) + attn",
+            "student fwd 2*(P_s*T + V_s*H_s*N) + attn",
+            f"student bwd {4 if args.full_finetune else 2}*(P_s*T + V_s*H_s*N) + 2*attn",
+            "P non-embedding parameters, T tokens, N decision points (the LM head's rows)",
             "attn 2*n*d*L^2 per sequence (causal)",
             "judge 2*P_j*T_j + 4*n_j*d_j*A_j (its tree passes)",
         ],
