@@ -54,6 +54,8 @@ def worker(args: argparse.Namespace) -> None:
     div = vcrd_core.create(vcrd_core.DIVERGENCES, args.divergence, {})
     liger_loss = None
     if args.variant == "liger":
+        if args.real_vocab:
+            raise SystemExit("n/a: Liger-Kernel's loss has no real-vocabulary option (run without --real-vocab)")
         if args.divergence != "jsd":
             raise SystemExit("n/a: Liger-Kernel's fused distillation loss here is JSD only (use --divergence jsd)")
         try:
@@ -89,16 +91,19 @@ def worker(args: argparse.Namespace) -> None:
     def step() -> torch.Tensor:
         student_hidden.grad = None
         student_weight.grad = None
+        real = args.real_vocab or v
         if args.variant == "full":
-            lq = torch.log_softmax((student_hidden @ student_weight.T).float(), -1)
+            lq = torch.log_softmax((student_hidden @ student_weight.T)[:, :real].float(), -1)
             with torch.no_grad():
-                lp = torch.log_softmax((teacher_hidden @ teacher_weight.T).float(), -1)
+                lp = torch.log_softmax((teacher_hidden @ teacher_weight.T)[:, :real].float(), -1)
             loss = (div.value(lp, lq) * coefficients).sum()
         elif args.variant == "chunked":
             student_logits = student_hidden @ student_weight.T
             with torch.no_grad():
                 teacher_logits = teacher_hidden @ teacher_weight.T
-            values = chunked_divergence(div, teacher_logits, student_logits, chunk_size=args.chunk_size)
+            values = chunked_divergence(
+                div, teacher_logits, student_logits, chunk_size=args.chunk_size, vocab_size=args.real_vocab
+            )
             loss = (values * coefficients).sum()
         elif args.variant == "fused":
             out = fused_linear_divergence(
@@ -109,6 +114,7 @@ def worker(args: argparse.Namespace) -> None:
                 teacher_weight,
                 weights=coefficients,
                 chunk_size=args.chunk_size,
+                vocab_size=args.real_vocab,
             )
             loss = out.loss
         else:
@@ -133,6 +139,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[512], help="decision points N (several allowed)")
     parser.add_argument("--vocab", type=int, default=151_936, help="V (Qwen2.5-1.5B lm_head)")
     parser.add_argument("--hidden", type=int, default=1536, help="H (Qwen2.5-1.5B)")
+    parser.add_argument(
+        "--real-vocab", type=int, default=None, help="the tokenizer's real ids (Qwen2.5: 151,665; not for liger)"
+    )
     parser.add_argument("--chunk-size", type=int, default=128, help="rows per chunk (chunked, fused, liger)")
     parser.add_argument("--divergence", default="jsd", help="vcrd divergence (jsd: comparable with Liger)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
@@ -156,7 +165,8 @@ def main() -> None:
     import torch
 
     print(
-        f"{args.divergence}, V={args.vocab:,}, H={args.hidden}, {args.dtype}, chunk={args.chunk_size} rows, "
+        f"{args.divergence}, V={args.vocab:,} (real {args.real_vocab or args.vocab:,}), H={args.hidden}, {args.dtype}, "
+        f"chunk={args.chunk_size} rows, "
         f"lm_head {'frozen' if args.frozen_head else 'trained'}, {args.device}, {args.threads} thread(s), "
         f"median of {args.repeats} after {args.warmup} warm-up"
     )

@@ -209,14 +209,17 @@ def score_batch(
 
 class RowWeights:
     """Weights of one stream made inside the fused-linear loss pass, for a :class:`~vcrd_core.RowJudge`: a
-    callable for :class:`~vcrd_core.losses.objective.HiddenStreamInputs` ``weights`` (with :attr:`want`).
+    callable for :class:`~vcrd_core.losses.objective.HiddenStreamInputs` ``weights`` (with :attr:`want`); call
+    :meth:`finish` after the pass.
 
     Per chunk of decision points it reads the chunk's teacher logits and the student's greedy tokens (from the
-    logits the pass computes anyway), scores them with :meth:`RowJudge.score_rows`, refuses scores that are NaN
-    at finite logits or outside ``[0, 1]`` (as :func:`~vcrd_core.judging.judge.checked_scores` does) and applies
-    the rule (no parity: a row judge reads no proposal, as in :func:`score_batch`). Rows whose teacher logits are
-    NaN / +inf cannot be scored: their weight is 0 and :attr:`nonfinite` counts them (the trainer then skips the
-    step). The weights equal :func:`score_batch`'s on the same logits.
+    logits the pass computes anyway), scores them with :meth:`RowJudge.score_rows` and applies the rule's formula
+    (no parity: a row judge reads no proposal, as in :func:`score_batch`). Nothing is read back to the host per
+    chunk (a GPU keeps its queue full); what :func:`~vcrd_core.judging.judge.checked_scores` and the rule refuse
+    is counted on the device and refused by :meth:`finish`, in one line: scores that are NaN at finite logits or
+    outside ``[0, 1]``, weights that are NaN, negative or infinite. Rows whose teacher logits are NaN / +inf
+    cannot be scored: their weight is 0 and :attr:`nonfinite` counts them after :meth:`finish` (the trainer then
+    skips the step). The weights equal :func:`score_batch`'s on the same logits.
     """
 
     def __init__(self, judge: Judge, rule: WeightingRule, stream: Stream | str) -> None:
@@ -227,27 +230,42 @@ class RowWeights:
         #: What the pass must hand to this callable.
         self.want = RowExtras(student_greedy=True, teacher_logits=True)
         self.nonfinite = 0
+        self._counts: torch.Tensor | None = None  # unscorable rows, NaN scores, out-of-range scores
+        self._weights: list[torch.Tensor] = []
 
     def __call__(self, chunk: RowChunk) -> torch.Tensor:
         logits, greedy = chunk.teacher_logits, chunk.student_greedy
         if logits is None or greedy is None:
             raise VcrdError("RowWeights: the pass must hand over teacher_logits and student_greedy (use .want)")
         bad = torch.isnan(logits).any(-1) | torch.isposinf(logits).any(-1)
-        if bool(bad.any()):
-            self.nonfinite += int(bad.sum())
-            logits = logits.masked_fill(bad.unsqueeze(-1), 0.0)
         r_s, r_t = self.judge.score_rows(logits, greedy)
         where = f"judge '{self.judge.name}' ({self.stream.value} stream)"
         for role, values in (("r_s", r_s), ("r_t", r_t)):
-            if values.shape != greedy.shape:
-                raise VcrdError(f"{where}: score_rows returned {role} of shape {tuple(values.shape)}, "
-                                f"expected {tuple(greedy.shape)}")  # fmt: skip
-            if bool(torch.isnan(values).any()):
-                raise VcrdError(f"{where}: score_rows returned NaN {role} scores; refusing to turn them into weights")
-            if bool(((values < 0) | (values > 1)).any()):
-                raise VcrdError(
-                    f"{where}: score_rows returned {role} scores outside [0, 1] (min {float(values.min()):.4g}, "
-                    f"max {float(values.max()):.4g})"
-                )
-        weights = self.rule(r_s, r_t, None)
-        return weights.masked_fill(bad, 0.0)
+            if not isinstance(values, torch.Tensor) or values.shape != greedy.shape:
+                got = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
+                raise VcrdError(f"{where}: score_rows returned {role} of shape {got}, expected {tuple(greedy.shape)}")
+        r_s, r_t = r_s.float(), r_t.float()
+        nan = (torch.isnan(r_s) | torch.isnan(r_t)) & ~bad
+        outside = ((r_s < 0) | (r_s > 1) | (r_t < 0) | (r_t > 1)) & ~bad
+        counts = torch.stack([bad.sum(), nan.sum(), outside.sum()])
+        self._counts = counts if self._counts is None else self._counts + counts
+        with torch.no_grad():
+            raw = torch.as_tensor(self.rule.weight(r_s, r_t), dtype=torch.float32, device=r_s.device)
+        weights = torch.broadcast_to(raw, r_s.shape).masked_fill(bad | nan | outside, 0.0)
+        self._weights.append(weights)
+        return weights
+
+    def finish(self) -> None:
+        """After the pass: refuse invalid scores or weights (one line), count the unscorable rows."""
+        if self._counts is None:
+            return
+        unscorable, nan, outside = (int(c) for c in self._counts.tolist())
+        self.nonfinite = unscorable
+        where = f"judge '{self.judge.name}' ({self.stream.value} stream)"
+        if nan:
+            raise VcrdError(f"{where}: score_rows returned NaN scores at {nan} decision points with finite logits; "
+                            "refusing to turn them into weights")  # fmt: skip
+        if outside:
+            raise VcrdError(f"{where}: score_rows returned scores outside [0, 1] at {outside} decision points")
+        self.rule._check(torch.cat(self._weights))
+        self._weights = []

@@ -282,6 +282,17 @@ def _check_extras(want: RowExtras, n: int, vocab: int, device: torch.device) -> 
             )
 
 
+#: The logits' width in the matmuls is rounded up to a multiple of this many lm_head rows (where the lm_head has
+#: them): a real vocabulary like Qwen2.5's 151,665 is odd, and GEMMs whose leading dimension is not a multiple of
+#: 8 elements (16 bytes in bf16) miss the tensor-core kernels.
+ALIGN_ROWS = 64
+
+
+def _aligned(vocab: int, rows: int) -> int:
+    """``vocab`` rounded up to :data:`ALIGN_ROWS`, at most the lm_head's ``rows``."""
+    return min(rows, -(-vocab // ALIGN_ROWS) * ALIGN_ROWS)
+
+
 def _linear(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     if bias is None:
         return hidden @ weight.T
@@ -337,12 +348,15 @@ def _run(
     rows, vocab, tau, want, div = plan.rows, plan.vocab, plan.temperature, plan.want, plan.divergence
     n, device = rows.numel(), student_hidden.device
     cdtype = plan.compute_dtype
-    ws = student_weight.detach()[:vocab].to(cdtype)  # a copy only under autocast with another weight dtype
-    bs = None if student_bias is None else student_bias.detach()[:vocab]
-    wt = plan.teacher_weight[:vocab]
+    # The matmuls use the lm_head rows up to an aligned width (see _aligned): their extra columns are dropped
+    # before anything is computed from the logits, and get a zero gradient.
+    vs, vt = _aligned(vocab, student_weight.shape[0]), _aligned(vocab, plan.teacher_weight.shape[0])
+    ws = student_weight.detach()[:vs].to(cdtype)  # a copy only under autocast with another weight dtype
+    bs = None if student_bias is None else student_bias.detach()[:vs]
+    wt = plan.teacher_weight[:vt]
     if plan.autocast:
         wt = wt.to(cdtype)  # else the teacher's logits stay in its own dtype, as its own lm_head computes them
-    bt = None if plan.teacher_bias is None else plan.teacher_bias[:vocab]
+    bt = None if plan.teacher_bias is None else plan.teacher_bias[:vt]
     s_rows, t_rows = FlatRows(student_hidden.detach()), FlatRows(plan.teacher_hidden)
 
     values = torch.empty(n, dtype=torch.float32, device=device)
@@ -370,8 +384,8 @@ def _run(
         stop = min(start + plan.chunk, n)
         r = rows[start:stop]
         hs = s_rows.take(r).to(ws.dtype)
-        zs = _linear(hs, ws, bs)
-        zt = _linear(t_rows.take(r).to(wt.dtype), wt, bt)
+        zs = _linear(hs, ws, bs)[:, :vocab]
+        zt = _linear(t_rows.take(r).to(wt.dtype), wt, bt)[:, :vocab]
         if greedy is not None:
             greedy[start:stop] = zs.argmax(-1)
         s32 = zs.float()
@@ -437,20 +451,24 @@ def _run(
         if g is not None:
             if grad_b is not None:
                 grad_b[:vocab] += g.sum(0)
-            g_low = g.to(ws.dtype)
+            if vs == vocab:
+                g_low = g.to(ws.dtype)
+            else:  # zero-padded to the aligned width of ws
+                g_low = torch.zeros((stop - start, vs), dtype=ws.dtype, device=device)
+                g_low[:, :vocab] = g
             del g
             if grad_h is not None:
                 grad_h.index_add_(0, r, (g_low @ ws).to(grad_h.dtype))
             if grad_w_low is not None:
                 grad_w_low.addmm_(g_low.T, hs)
             elif grad_w is not None:
-                grad_w[:vocab].addmm_(g_low.T, hs)
+                grad_w[:vs].addmm_(g_low.T, hs)
             del g_low
         del hs
 
     if grad_w_low is not None:
         assert grad_w is not None
-        grad_w[:vocab].copy_(grad_w_low)
+        grad_w[:vs].copy_(grad_w_low)
         del grad_w_low
     loss = (values * plan.coefficients).sum()
     out = FusedLinearOutput(

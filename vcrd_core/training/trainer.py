@@ -517,6 +517,8 @@ class VCRDTrainer(EngineTrainer):
         _sync(device)
         t0 = time.perf_counter()
         out = self.objective(**stream_inputs)
+        for row in in_pass:
+            row.finish()
         if any(r.nonfinite for r in in_pass):
             self._step.nonfinite_loss = True  # NaN / +inf teacher logits could not be scored: skip this step
         training = model.training and self._global_counts is not None

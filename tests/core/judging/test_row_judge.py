@@ -87,6 +87,7 @@ def test_row_weights_equal_score_batch_on_the_same_logits(stream: Stream, name: 
             for a in range(0, len(rows), 4)
         ]
     )
+    row.finish()
     torch.testing.assert_close(got, points.gather(expected.weights), rtol=1e-6, atol=0)
     assert row.nonfinite == 0 and (got != 1).any()
 
@@ -98,6 +99,7 @@ def test_row_weights_zero_unscorable_rows_and_count_them() -> None:
     rows[1, 3], rows[3, 0] = float("nan"), float("inf")
     row = RowWeights(judge, rule, "teacher_prefix")
     w = row(RowChunk(0, 5, points.rows[:5], student_greedy=torch.zeros(5, dtype=torch.long), teacher_logits=rows))
+    row.finish()
     assert row.nonfinite == 2 and w[1] == 0 and w[3] == 0 and torch.isfinite(w).all() and (w[[0, 2, 4]] > 0).all()
 
 
@@ -118,9 +120,11 @@ def test_row_weights_refuse_out_of_range_scores_and_non_row_judges_in_one_line()
     chunk = RowChunk(
         0, 2, points.rows[:2], student_greedy=torch.zeros(2, dtype=torch.long), teacher_logits=teacher[0, :2]
     )
+    w = row(chunk)  # nothing is read back per chunk: refused after the pass
+    assert torch.all(w == 0)
     with pytest.raises(
-        VcrdError, match=r"judge 'broken' \(student_prefix stream\): score_rows returned r_s scores outside"
+        VcrdError, match=r"judge 'broken' \(student_prefix stream\): score_rows returned scores outside \[0, 1\] at 2"
     ):
-        row(chunk)
+        row.finish()
     with pytest.raises(VcrdError, match="judge 'oracle' is not a RowJudge"):
         RowWeights(vcrd_core.create(vcrd_core.JUDGES, "oracle", {}), rule, "teacher_prefix")
