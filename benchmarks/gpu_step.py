@@ -169,6 +169,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="set training.loss_engine (default: left to the config's default)",
     )
+    ap.add_argument("--compile", action="store_true", help="objective.compile: torch.compile the fused loss chunks")
     ap.add_argument("--peak-tflops", type=float, default=None, help="peak dense bf16 TFLOP/s for MFU")
     ap.add_argument("--json", type=Path, default=None, help="write the results here as JSON")
     ap.add_argument("--workdir", type=Path, default=None, help="scratch directory (default: a new temporary one)")
@@ -410,6 +411,8 @@ def run_config(
         "output": {"dir": str(root / "runs" / name)},
         **sections,
     }
+    if args.compile:
+        cfg["objective"] = {**cfg.get("objective", {}), "compile": True}
     config = RunConfig.model_validate(cfg)
     validate_components(config)
     return config, offline
@@ -595,7 +598,8 @@ def report(results: dict[str, Any]) -> None:
     s = results["settings"]
     training = "full fine-tuning" if s["full_finetune"] else f"LoRA r {s['lora_r']} alpha {s['lora_alpha']:g}"
     print(
-        f"{training}, bf16; {s['batch']} sequences/stream x 2 streams x {s['sequence_length']} tokens "
+        f"{training}, bf16{', objective.compile' if s.get('compile') else ''}; "
+        f"{s['batch']} sequences/stream x 2 streams x {s['sequence_length']} tokens "
         f"(prompt {s['prompt_length']} + response {s['response_length']}); {s['warmup']} warm-up + {s['steps']} "
         f"timed steps (medians); peak {s['peak_tflops']:g} TFLOP/s ({s['peak_source']})"
     )
@@ -721,6 +725,7 @@ def main(argv: list[str] | None = None) -> int:
             "mixed_precision": "bf16",
             "tiny": args.tiny,
             "loss_engine_setting": args.loss_engine or "config default",
+            "compile": args.compile,
             "tokenizer_vocab": len(tokenizer),
             "peak_tflops": peak / 1e12,
             "peak_source": peak_source,

@@ -130,6 +130,11 @@ class ObjectiveConfig(Section):
     temperature: float = Field(1.0, gt=0, description="Softmax temperature τ of both models in the divergence.")
     chunk_size: int | None = Field(None, gt=0, description="Decision points per chunk of the loss (None: auto).")
     weight_warn_max: float = Field(100.0, gt=0, description="Warn when a weight exceeds this.")
+    compile: bool = Field(
+        False,
+        description="torch.compile the fused-linear engine's per-chunk log-softmaxes and divergence (forward and "
+        "backward): fewer passes over the vocabulary; the first step compiles.",
+    )
     teacher_prefix: StreamConfig = Field(default_factory=lambda: _stream("skl"))
     student_prefix: StreamConfig = Field(default_factory=lambda: _stream("srkl"))
 

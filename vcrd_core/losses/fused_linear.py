@@ -103,6 +103,9 @@ if TYPE_CHECKING:
 #: Elements of one default ``[chunk, V]`` float32 block (128 MiB): 220 rows at V = 151,936.
 DEFAULT_BLOCK_ELEMENTS = 2**25
 
+#: One chunk's divergence values from teacher and student logits (see :func:`_compiled_values`).
+_ValuesFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
 #: The ``teacher_likelihood`` judge's default ``k`` (paper §10.4).
 DEFAULT_TOP_K = 128
 
@@ -333,6 +336,7 @@ class _Plan:
     want: RowExtras
     compute_dtype: torch.dtype
     autocast: bool
+    compiled: _ValuesFn | None = None
 
 
 def _run(
@@ -397,9 +401,14 @@ def _run(
         with torch.set_grad_enabled(need_any):
             if need_any:
                 s32 = s32.detach().requires_grad_(True)
-            teacher_logp = torch.log_softmax(t32 / tau if tau != 1.0 else t32, dim=-1)
+            teacher_logp = None
+            if plan.compiled is None or (
+                (token_prob is not None or topk_sq is not None) and want.judge_temperature == tau
+            ):
+                teacher_logp = torch.log_softmax(t32 / tau if tau != 1.0 else t32, dim=-1)
             if token_prob is not None or topk_sq is not None:
                 if want.judge_temperature == tau:
+                    assert teacher_logp is not None
                     judge_logp = teacher_logp.detach()
                 else:
                     judge_logp = torch.log_softmax(t32 / want.judge_temperature, dim=-1)
@@ -412,10 +421,14 @@ def _run(
                     topk_sq[start:stop] = (2.0 * top).exp().sum(-1).clamp(max=1.0)
                     del top
                 del judge_logp
-            if not want.teacher_logits:
-                del t32
-            student_logp = torch.log_softmax(s32 / tau if tau != 1.0 else s32, dim=-1)
-            chunk_values = div.value(teacher_logp, student_logp)
+            if plan.compiled is not None:  # log-softmaxes + divergence (and its backward) as fused kernels
+                student_logp = None
+                chunk_values = plan.compiled(t32, s32)
+            else:
+                if not want.teacher_logits:
+                    del t32  # before the student's log-softmax: one [chunk, V] block fewer at the peak
+                student_logp = torch.log_softmax(s32 / tau if tau != 1.0 else s32, dim=-1)
+                chunk_values = div.value(teacher_logp, student_logp)
             if not isinstance(chunk_values, torch.Tensor) or chunk_values.shape != (stop - start,):
                 got = (
                     tuple(chunk_values.shape) if isinstance(chunk_values, torch.Tensor) else type(chunk_values).__name__
@@ -439,7 +452,7 @@ def _run(
                         t32 if want.teacher_logits else None,
                     ),
                 )
-            if want.teacher_logits:
+            if want.teacher_logits or plan.compiled is not None:
                 del t32
             g = None
             if need_any and chunk_values.requires_grad:  # else: a divergence constant in the student
@@ -484,6 +497,28 @@ def _run(
         assert student_bias is not None
         grad_b = grad_b.to(student_bias.dtype)
     return out, (grad_h, grad_w, grad_b)
+
+
+def _compiled_values(divergence: Divergence, temperature: float) -> _ValuesFn:
+    """``torch.compile`` of one chunk's ``divergence.value(log_softmax(t / τ), log_softmax(s / τ))`` (dynamic in
+    the number of rows); autograd through it runs the compiled backward. Cached per divergence and ``τ``."""
+    key = (id(divergence), temperature)
+    found = _COMPILED.get(key)
+    if found is not None and found[0] is divergence:
+        return found[1]
+
+    def values(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
+        if temperature != 1.0:
+            teacher_logits, student_logits = teacher_logits / temperature, student_logits / temperature
+        return divergence.value(torch.log_softmax(teacher_logits, -1), torch.log_softmax(student_logits, -1))
+
+    compiled = torch.compile(values, dynamic=True)
+    _COMPILED[key] = (divergence, compiled)
+    return compiled
+
+
+#: ``(id(divergence), τ) -> (divergence, compiled function)``: the divergence is kept, so its id stays its own.
+_COMPILED: dict[tuple[int, float], tuple[Any, _ValuesFn]] = {}
 
 
 def _chunk_coefficients(fn: Callable[[RowChunk], torch.Tensor], chunk: RowChunk) -> torch.Tensor:
@@ -560,6 +595,7 @@ def fused_linear_divergence(
     temperature: float = 1.0,
     chunk_size: int | None = None,
     want: RowExtras | None = None,
+    compile: bool = False,
 ) -> FusedLinearOutput:
     """Weighted divergence ``Σ_n c_n D(p_n, q_n)`` from hidden states and lm_heads, never building ``[N, V]`` logits.
 
@@ -582,6 +618,10 @@ def fused_linear_divergence(
         temperature: ``τ > 0``; both distributions are ``softmax(logits / τ)``.
         chunk_size: rows per chunk; default :func:`default_chunk_size` (a ~128 MiB float32 block).
         want: per-row extras from the same logits (:class:`RowExtras`); default none.
+        compile: ``torch.compile`` each chunk's log-softmaxes and divergence (forward and backward): the
+            elementwise work over the vocabulary runs as a few fused kernels instead of one pass per operation.
+            The first call per divergence and temperature compiles (seconds to a minute); values and gradients
+            equal the eager ones up to float32 rounding.
 
     Returns a :class:`FusedLinearOutput`: ``loss`` (differentiable float32 scalar), ``values`` (detached
     ``D_n``) and the extras asked for. Gradients are computed in the forward pass (see the module
@@ -646,6 +686,7 @@ def fused_linear_divergence(
         want=want,
         compute_dtype=torch.get_autocast_dtype(device.type) if autocast else student_weight.dtype,
         autocast=autocast,
+        compiled=_compiled_values(divergence, float(temperature)) if compile else None,
     )
     grad_on = torch.is_grad_enabled()
     need = (

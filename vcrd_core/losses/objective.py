@@ -311,6 +311,7 @@ class VCRDObjective:
     ``temperature``, ``vocab_size`` (the tokenizer's real vocabulary: only columns ``[:vocab_size]``
     of padded lm_heads are used) and ``chunk_size`` are passed to the chunked divergence. A stream
     whose largest weight exceeds ``weight_warn_max`` emits a :class:`VcrdWeightWarning` (None: never).
+    ``compile``: ``torch.compile`` the fused-linear engine's per-chunk work (:class:`HiddenStreamInputs` only).
     """
 
     def __init__(
@@ -323,6 +324,7 @@ class VCRDObjective:
         vocab_size: int | None = None,
         chunk_size: int | None = None,
         weight_warn_max: float | None = 100.0,
+        compile: bool = False,
     ) -> None:
         self.losses: dict[str, StreamLoss] = {}
         for stream, loss in ((Stream.TEACHER_PREFIX, teacher_prefix), (Stream.STUDENT_PREFIX, student_prefix)):
@@ -353,6 +355,7 @@ class VCRDObjective:
         self.vocab_size = vocab_size
         self.chunk_size = chunk_size
         self.weight_warn_max = weight_warn_max
+        self.compile = bool(compile)
 
     @classmethod
     def from_config(cls, config: ObjectiveConfig, *, vocab_size: int | None = None) -> VCRDObjective:
@@ -370,6 +373,7 @@ class VCRDObjective:
             vocab_size=vocab_size,
             chunk_size=config.chunk_size,
             weight_warn_max=config.weight_warn_max,
+            compile=config.compile,
         )
 
     def __call__(
@@ -444,6 +448,7 @@ class VCRDObjective:
                 temperature=self.temperature,
                 chunk_size=self.chunk_size,
                 want=inputs.want,
+                compile=self.compile,
             )
             if deferred:
                 stats = self._weight_stats(name, weights)  # filled in chunk by chunk by _DeferredWeights

@@ -617,3 +617,23 @@ def test_on_cuda_values_and_gradients_match_the_float64_reference(dtype: torch.d
     assert_close(out.values.cpu(), ref_values, tol, tol)
     assert_close(h.grad.cpu(), ref["hidden"], tol, tol)  # type: ignore[union-attr]
     assert_close(w.grad.cpu(), ref["weight"], tol, tol)  # type: ignore[union-attr]
+
+
+# ---- torch.compile of the per-chunk work ----
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["skl", "srkl", "jsd"])
+def test_compiled_chunks_match_the_float64_reference_and_the_eager_engine(name: str) -> None:
+    case, div = Case(seed=300), vcrd_core.create(vcrd_core.DIVERGENCES, name, {})
+    kwargs = {"rows": ROWS, "vocab_size": 57, "temperature": 1.3, "weights": randn(8, seed=7).abs()}
+    compiled, grads = case.run(div, compile=True, chunk_size=3, **kwargs)  # type: ignore[arg-type]
+    values, ref, _, _ = case.reference(div, **kwargs)  # type: ignore[arg-type]
+    assert_close(compiled.values, values)
+    assert_close(compiled.loss, (kwargs["weights"].double() * values).sum())  # type: ignore[union-attr]
+    for key in ("hidden", "weight", "bias"):
+        assert_close(grads[key], ref[key])
+    eager, eager_grads = case.run(div, chunk_size=3, **kwargs)  # type: ignore[arg-type]
+    assert_close(compiled.values, eager.values, rtol=1e-6, atol=1e-6)
+    assert_close(grads["weight"], eager_grads["weight"], rtol=1e-6, atol=1e-6)
+    assert compiled.values.shape == (8,)  # chunks of 3, 3 and 2 rows: dynamic in the rows

@@ -188,3 +188,10 @@ def test_fused_model_names_what_it_cannot_read() -> None:
         LoraConfig(r=2, target_modules=["q_proj"]),
     )
     assert not isinstance(fused_model(plain), str)
+
+
+def test_compiled_fused_engine_trains_like_the_logits_engine(tmp_path: Path, tiny: tuple[Path, Path]) -> None:
+    cfg = config_dict(tmp_path, *tiny, objective={"compile": True})
+    logits, fused = both_engines(tmp_path, cfg)
+    assert fused.objective.compile
+    assert_same_training(tmp_path, logits, fused)
