@@ -163,7 +163,7 @@ def test_unknown_set_path_is_refused(write_config) -> None:
         load_config(path, ["objective.teacher_prefx.lambda=2"])
     assert str(info.value) == (
         "--set, objective.teacher_prefx.lambda: unknown key 'teacher_prefx' at objective. Did you mean "
-        "'teacher_prefix'? Valid keys: reduction, temperature, chunk_size, weight_warn_max, teacher_prefix, "
+        "'teacher_prefix'? Valid keys: reduction, temperature, chunk_size, weight_warn_max, compile, teacher_prefix, "
         "student_prefix."
     )
 
