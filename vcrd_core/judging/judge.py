@@ -140,16 +140,31 @@ class RowJudge(Judge):
         real ids, before any temperature) and the student's greedy tokens ``[n]`` at the same rows."""
         raise NotImplementedError
 
-    def real_vocab(self, width: int) -> int:
-        """The tokenizer's real vocabulary from the loaded context (``width``: the logits' columns, if none)."""
+    def real_vocab(self, width: int, vocab_size: int | None = None) -> int:
+        """The tokenizer's real vocabulary: ``vocab_size`` if given, else the loaded context's, else ``width`` (the
+        logits' columns); refused when the logits do not cover it."""
         context = getattr(self, "context", None)
-        v_real = getattr(context, "vocab_size", None) or width
+        v_real = vocab_size if vocab_size is not None else getattr(context, "vocab_size", None)
+        if v_real is None:
+            return width
         if not 1 <= v_real <= width:
             raise VcrdError(
                 f"judge '{self.name}': the tokenizer has {v_real} ids but the teacher logits have {width} columns; "
                 "the logits must cover every real id (a padded lm_head may have more, never fewer)"
             )
         return v_real
+
+    def check_greedy(self, greedy: torch.Tensor, v_real: int) -> None:
+        """Refuse student greedy tokens outside the real vocabulary ``[0, v_real)`` (one line)."""
+        if greedy.numel() == 0:
+            return
+        low, high = int(greedy.min()), int(greedy.max())
+        if low < 0 or high >= v_real:
+            bad = low if low < 0 else high
+            raise VcrdError(
+                f"judge '{self.name}': student greedy token id {bad} at a decision point is outside the "
+                f"tokenizer's real vocabulary [0, {v_real}); greedy proposals must take the argmax over real ids only"
+            )
 
     def score(self, request: JudgeRequest) -> JudgeScores:
         """:meth:`score_rows` over the decision points of ``request`` (either stream), one block at a time; 0
@@ -170,12 +185,7 @@ class RowJudge(Judge):
         points.check_shape(greedy, "student_greedy", where)
         v_real = self.real_vocab(logits.shape[-1])
         proposals = points.gather(greedy).long()
-        if proposals.numel() and (int(proposals.min()) < 0 or int(proposals.max()) >= v_real):
-            bad = int(proposals.min()) if int(proposals.min()) < 0 else int(proposals.max())
-            raise VcrdError(
-                f"judge '{self.name}': student greedy token id {bad} at a decision point is outside the "
-                f"tokenizer's real vocabulary [0, {v_real}); greedy proposals must take the argmax over real ids only"
-            )
+        self.check_greedy(proposals, v_real)
         r_s = torch.zeros(points.num_points, dtype=torch.float32, device=logits.device)
         r_t = torch.zeros_like(r_s)
         for chunk in points.chunks(self.row_block):

@@ -37,7 +37,7 @@ from typing import ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from vcrd_core import JudgeContext, JudgeRequest, JudgeScores, Need, RowJudge, VcrdError
+from vcrd_core import JudgeContext, Need, RowJudge, VcrdError
 
 
 class TeacherLikelihoodJudge(RowJudge):
@@ -102,11 +102,11 @@ class TeacherLikelihoodJudge(RowJudge):
                 f"student proposals of shape {tuple(student_proposals.shape)} (expected logits [..., V] "
                 "over proposals [...])"
             )
-        v_real = self._real_vocab(teacher_logits.shape[-1], vocab_size)
+        v_real = self.real_vocab(teacher_logits.shape[-1], vocab_size)
         lead_shape = student_proposals.shape
         logits = teacher_logits.reshape(-1, teacher_logits.shape[-1])
         proposals = student_proposals.reshape(-1).long()
-        self._check_ids(proposals, v_real)
+        self.check_greedy(proposals, v_real)
         r_s = torch.zeros(proposals.shape[0], dtype=torch.float32, device=teacher_logits.device)
         r_t = torch.zeros_like(r_s)
         for start in range(0, proposals.shape[0], self.params.chunk_size):
@@ -114,37 +114,10 @@ class TeacherLikelihoodJudge(RowJudge):
             r_s[start:stop], r_t[start:stop] = self._score_rows(logits[start:stop], proposals[start:stop], v_real)
         return r_s.reshape(lead_shape), r_t.reshape(lead_shape)
 
-    def score(self, request: JudgeRequest) -> JudgeScores:
-        """Scores at the decision points of ``request`` (either stream), 0 elsewhere.
-
-        Each decision point reads its teacher distribution through ``request.points.logits_at`` and the
-        student's greedy token stored at the point in ``request.student_greedy``.
-        """
-        logits, greedy = request.teacher_logits, request.student_greedy
-        where = f"judge '{self.name}' ({request.stream.value} stream)"
-        if logits is None:
-            raise VcrdError(f"{where} needs the teacher logits (JudgeRequest.teacher_logits), got none")
-        if greedy is None:
-            raise VcrdError(f"{where} needs the student's greedy tokens (JudgeRequest.student_greedy), got none")
-        points = request.points
-        if logits.dim() != 3 or greedy.dim() != 2:
-            raise VcrdError(
-                f"{where}: expected teacher_logits [B, L, V] and student_greedy [B, L], "
-                f"got {tuple(logits.shape)} and {tuple(greedy.shape)}"
-            )
-        points.check_shape(logits, "teacher_logits", where)
-        points.check_shape(greedy, "student_greedy", where)
-        v_real = self._real_vocab(logits.shape[-1], None)
-        proposals = points.gather(greedy).long()
-        self._check_ids(proposals, v_real)
-        r_s = torch.zeros(points.num_points, dtype=torch.float32, device=logits.device)
-        r_t = torch.zeros_like(r_s)
-        for chunk in points.chunks(self.params.chunk_size):
-            # Only this chunk's rows are copied: never the whole [N, V] selection.
-            r_s[chunk], r_t[chunk] = self._score_rows(
-                points.logits_at(logits, chunk.start, chunk.stop), proposals[chunk], v_real
-            )
-        return JudgeScores(r_s=points.scatter(r_s), r_t=points.scatter(r_t))
+    @property
+    def row_block(self) -> int:  # type: ignore[override]
+        """Decision points per block in :meth:`RowJudge.score` (the ``chunk_size`` param)."""
+        return self.params.chunk_size
 
     def score_rows(
         self, teacher_logits: torch.Tensor, student_greedy: torch.Tensor
@@ -163,25 +136,3 @@ class TeacherLikelihoodJudge(RowJudge):
         top = logp.topk(k, dim=-1).values
         r_t = (2.0 * top).exp().sum(-1)  # p² as exp(2 log p): exact 0 for -inf logits, no overflow
         return r_s, r_t.clamp(max=1.0)  # Σ p² ≤ 1 exactly; float32 rounding may exceed it by an ulp
-
-    def _real_vocab(self, width: int, vocab_size: int | None) -> int:
-        v_real = vocab_size if vocab_size is not None else self.vocab_size
-        if v_real is None:
-            return width
-        if not 1 <= v_real <= width:
-            raise VcrdError(
-                f"judge '{self.name}': the tokenizer has {v_real} ids but the teacher logits have {width} "
-                "columns; the logits must cover every real id (a padded lm_head may have more, never fewer)"
-            )
-        return v_real
-
-    def _check_ids(self, proposals: torch.Tensor, v_real: int) -> None:
-        if proposals.numel() == 0:
-            return
-        low, high = int(proposals.min()), int(proposals.max())
-        if low < 0 or high >= v_real:
-            bad = low if low < 0 else high
-            raise VcrdError(
-                f"judge '{self.name}': student greedy token id {bad} at a decision point is outside the "
-                f"tokenizer's real vocabulary [0, {v_real}); greedy proposals must take the argmax over real ids only"
-            )

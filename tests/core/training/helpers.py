@@ -113,3 +113,27 @@ def run_config(cfg: dict[str, Any]) -> Any:
 
 def trainable(model: Any) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def prm_run(tmp_path: Path, weight: float | None = None) -> tuple[Path, Path, Path, list[dict[str, Any]]]:
+    """A tiny value-head PRM checkpoint, a teacher (hidden 32) and a student (hidden 16) sharing its tokenizer, and 8
+    random rollout pairs (with offline ``weight`` on every response token when given): ``(prm, teacher, student,
+    rows)``."""
+    from tests.plugins.judges.test_prm import CHARS, SPECIALS, make_tokenizer, write_checkpoint
+
+    prm = write_checkpoint(tmp_path / "prm", "value_head")
+    vocab = len(SPECIALS) + len(CHARS)
+    teacher, student = save_model(tmp_path / "t", 32, 0, vocab=vocab), save_model(tmp_path / "s", 16, 1, vocab=vocab)
+    for d in (teacher, student):
+        make_tokenizer([*SPECIALS, *CHARS]).save_pretrained(d)
+    g = torch.Generator().manual_seed(0)
+    data = []
+    for i in range(8):
+        for role in ("teacher", "student"):
+            response = [*torch.randint(3, 40, (6,), generator=g).tolist(), 0]
+            row = {"prompt_index": i, "sample_index": 0, "role": role, "prompt_token_ids": [10 + i, 20, 30],
+                   "response_token_ids": response}  # fmt: skip
+            if weight is not None:
+                row["weights"] = [weight] * len(response)
+            data.append(row)
+    return prm, teacher, student, data

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 import pytest
 import torch
 
-from tests.core.training.helpers import config_dict, models, rows, run_config, save_model
+from tests.core.training.helpers import config_dict, models, prm_run, rows, run_config, save_model
 from vcrd_core.decision_points import DecisionPoints
 from vcrd_core.errors import VcrdError
 from vcrd_core.hookspecs import hookimpl
@@ -167,23 +167,7 @@ def test_teacher_likelihood_runs(tmp_path: Path, tiny: tuple[Path, Path], mode: 
 
 @pytest.mark.parametrize("mode", ["online", "offline"])
 def test_prm_value_head_runs(tmp_path: Path, mode: str) -> None:
-    from tests.plugins.judges.test_prm import CHARS, SPECIALS, make_tokenizer, write_checkpoint
-
-    prm = write_checkpoint(tmp_path / "prm", "value_head")
-    teacher, student = save_model(tmp_path / "t", 32, 0, vocab=len(SPECIALS) + len(CHARS)), None
-    student = save_model(tmp_path / "s", 16, 1, vocab=len(SPECIALS) + len(CHARS))
-    for d in (teacher, student):
-        make_tokenizer([*SPECIALS, *CHARS]).save_pretrained(d)
-    g = torch.Generator().manual_seed(0)
-    data = []
-    for i in range(8):
-        for role in ("teacher", "student"):
-            response = [*torch.randint(3, 40, (6,), generator=g).tolist(), 0]
-            row = {"prompt_index": i, "sample_index": 0, "role": role, "prompt_token_ids": [10 + i, 20, 30],
-                   "response_token_ids": response}  # fmt: skip
-            if mode == "offline":
-                row["weights"] = [1.5] * len(response)
-            data.append(row)
+    prm, teacher, student, data = prm_run(tmp_path, 1.5 if mode == "offline" else None)
     cfg = config_dict(tmp_path, teacher, student, judge={"name": "prm_value_head", "params": {"path": str(prm)}},
                       scoring={"mode": mode})  # fmt: skip
     trainer = train_with(cfg, data=data)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import Qwen2ForCausalLM
 
-from tests.core.training.helpers import config_dict, models, rows, run_config, save_model
+from tests.core.training.helpers import config_dict, models, prm_run, rows, run_config, save_model
 from tests.tiny_models import tiny_qwen2_config
 from vcrd_core.errors import VcrdError
 from vcrd_core.training.run import build_trainer, prepare
@@ -104,20 +104,7 @@ def test_full_fine_tuning_with_tied_embeddings_gets_the_same_lm_head_gradient(tm
 
 
 def test_prm_online_trains_alike_on_both_engines(tmp_path: Path) -> None:
-    from tests.plugins.judges.test_prm import CHARS, SPECIALS, make_tokenizer, write_checkpoint
-
-    prm = write_checkpoint(tmp_path / "prm", "value_head")
-    vocab = len(SPECIALS) + len(CHARS)
-    teacher, student = save_model(tmp_path / "t", 32, 0, vocab=vocab), save_model(tmp_path / "s", 16, 1, vocab=vocab)
-    for d in (teacher, student):
-        make_tokenizer([*SPECIALS, *CHARS]).save_pretrained(d)
-    g = torch.Generator().manual_seed(0)
-    data = []
-    for i in range(8):
-        for role in ("teacher", "student"):
-            response = [*torch.randint(3, 40, (6,), generator=g).tolist(), 0]
-            data.append({"prompt_index": i, "sample_index": 0, "role": role, "prompt_token_ids": [10 + i, 20, 30],
-                         "response_token_ids": response})  # fmt: skip
+    prm, teacher, student, data = prm_run(tmp_path)
     judge = {"name": "prm_value_head", "params": {"path": str(prm)}}
     cfg = config_dict(tmp_path, teacher, student, judge=judge, weighting={"name": "log_clamp"})
     assert_same_training(tmp_path, *both_engines(tmp_path, cfg, data))
