@@ -69,6 +69,7 @@ VARIANTS = {
     "online oracle": {},  # proposals sampled from logits built from the hidden states
     "online teacher_likelihood": {"judge": {"name": "teacher_likelihood"}, "weighting": {"name": "log_clamp"}},
     "token_mean reduction": {"objective": {"reduction": "token_mean"}},
+    "gradient checkpointing": {"training": {"gradient_checkpointing": True}},  # layers rerun in backward
 }
 
 
