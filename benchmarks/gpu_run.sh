@@ -6,6 +6,12 @@
 # exist), then runs the benchmark; its log and JSON go to $OUT (the device tool's output folder; default out/).
 #
 # From the repository root:  bash benchmarks/gpu_run.sh [gpu_step.py arguments, e.g. --full-finetune]
+#
+# The wheels, fetched beforehand on a machine with a package index (Python 3.12, x86-64; a GPU machine whose
+# Python has pydantic >= 2.14 and setuptools >= 77 needs none of them):
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_17_x86_64 -d .whl pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 \
+#       typing-inspection==0.4.5 typing-extensions==4.16.0 setuptools==78.1.1 [liger-kernel==0.8.5]
 set -euo pipefail
 
 SITE=${VCRD_SITE:-/tmp/site}
