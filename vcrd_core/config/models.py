@@ -185,8 +185,9 @@ class TrainingConfig(Section):
     loss_engine: Literal["auto", "fused_linear", "logits"] = Field(
         "auto",
         description="fused_linear: the loss from the models' final hidden states and lm_heads, never a [tokens, V] "
-        "logits tensor or its gradient; logits: from the models' logits; auto: fused_linear where both models allow "
-        "it (a plain nn.Linear lm_head, checked against the model's own logits on the first batch), else logits.",
+        "logits tensor or its gradient; logits: from the models' logits; auto: fused_linear where the models and the "
+        "setup allow it (a plain nn.Linear lm_head checked against the model's own logits on the first batch, no "
+        "float16, no FSDP / ZeRO-3; DESIGN.md §2.9), else logits with a warning naming why.",
     )
     args: dict[str, Any] = Field(
         default_factory=dict,

@@ -251,7 +251,13 @@ class RowWeights:
         self._counts = counts if self._counts is None else self._counts + counts
         with torch.no_grad():
             raw = torch.as_tensor(self.rule.weight(r_s, r_t), dtype=torch.float32, device=r_s.device)
-        weights = torch.broadcast_to(raw, r_s.shape).masked_fill(bad | nan | outside, 0.0)
+        try:
+            weights = torch.broadcast_to(raw, r_s.shape).masked_fill(bad | nan | outside, 0.0)
+        except RuntimeError:
+            raise VcrdError(
+                f"weighting rule '{self.rule.name}' returned weights of shape {tuple(raw.shape)}, expected "
+                f"{tuple(r_s.shape)} (the scores' shape)"
+            ) from None
         self._weights.append(weights)
         return weights
 

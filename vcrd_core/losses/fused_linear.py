@@ -210,7 +210,7 @@ def row_coefficients(
         if not isinstance(weights, torch.Tensor) or weights.shape != (n,):
             got = tuple(weights.shape) if isinstance(weights, torch.Tensor) else type(weights).__name__
             raise VcrdError(f"row_coefficients: weights must be [n] = ({n},) like sequence_index, got {got}")
-        w = weights.detach().to(torch.float32)
+        w = weights.detach().to(torch.float32, copy=True)  # never the caller's storage: it is scaled or reused
     mode = getattr(reduction, "value", reduction)
     if mode == "token_mean":
         return w, n

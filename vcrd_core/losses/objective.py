@@ -113,7 +113,7 @@ class LMHead:
 class HiddenStreamInputs:
     """One stream's batch as final hidden states (the lm_heads' inputs) instead of logits: the objective then
     computes the stream's divergence with :func:`vcrd_core.losses.fused_linear.fused_linear_divergence`,
-    which never builds a ``[tokens, V]`` logits tensor or its gradient (DESIGN.md §9). The value and the
+    which never builds a ``[tokens, V]`` logits tensor or its gradient (DESIGN.md §2.9). The value and the
     gradients (to ``student_hidden`` and to the student lm_head's weight/bias when they require grad) equal
     those of :class:`StreamInputs` with ``logits = hidden @ W.T (+ b)``.
 
@@ -424,8 +424,14 @@ class VCRDObjective:
             weights = points.gather(inputs.weights.detach().to(device=student.device)).to(torch.float32)  # type: ignore[union-attr]
         stats = {} if deferred else self._weight_stats(name, weights)
         if num_points == 0:
-            # A zero that stays connected to the student's graph, so backward() still works.
+            # A zero that stays connected to the student's graph, so backward() still works (and, fused, gives
+            # the lm_head a zero gradient as the logits path does: DDP expects every trainable parameter's).
             zero = student.reshape(-1)[:0].to(torch.float32).sum()
+            if fused:
+                assert isinstance(inputs, HiddenStreamInputs)
+                for param in (inputs.student_head.weight, inputs.student_head.bias):
+                    if param is not None:
+                        zero = zero + param.reshape(-1)[:0].to(torch.float32).sum()
             return StreamOutput(zero, 0, 0, loss.lam, stats)
         if fused:
             assert isinstance(inputs, HiddenStreamInputs)

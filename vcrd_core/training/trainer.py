@@ -51,6 +51,7 @@ scoring of the exact current student (Table 9's 0.05 is the paper's setting).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import math
@@ -431,6 +432,10 @@ class VCRDTrainer(EngineTrainer):
                 reason = " and ".join(f"the {who}: {r}" for who, r in named if isinstance(r, str))
             elif next(self.teacher.parameters()).device != self.args.device:
                 reason = "the teacher is on another device than the student"
+            elif self.args.fp16 or torch.float16 in (pair[0].head.weight.dtype, pair[1].head.weight.dtype):  # type: ignore[union-attr]
+                # its logit gradients are rounded to the compute dtype in the forward pass, before the GradScaler's
+                # scale: in float16 small ones would underflow (bfloat16 has float32's range)
+                reason = "float16 logits: the fused engine's logit gradients would underflow in float16 (use bf16)"
             else:
                 k = STREAM_KEY[self.streams[0]]
                 reason = self._check_fused(model, pair, inputs[f"{k}input_ids"][:1], inputs[f"{k}attention_mask"][:1])  # type: ignore[arg-type]
@@ -460,12 +465,12 @@ class VCRDTrainer(EngineTrainer):
             finally:
                 model.train(training)
 
-    @staticmethod
-    def _compare_logits(models: tuple[tuple[str, Any, FusedModel, torch.device], ...], ids: Any, attn: Any) -> str:
+    def _compare_logits(self, models: tuple[tuple[str, Any, FusedModel, Any], ...], ids: Any, attn: Any) -> str:
         for who, m, fused, device in models:
             hidden, out = hidden_forward(m, fused, ids.to(device), attn.to(device), logits_to_keep=0)
             head = fused.head
-            mine = torch.nn.functional.linear(hidden.to(head.weight.dtype), head.weight, head.bias).float()
+            with self.accelerator.autocast():  # as the prepared models' own forwards run (mixed precision)
+                mine = torch.nn.functional.linear(hidden.to(head.weight.dtype), head.weight, head.bias).float()
             theirs = out.logits.float()
             if mine.shape != theirs.shape:
                 return f"the {who}'s logits {tuple(theirs.shape)} are not lm_head(hidden) {tuple(mine.shape)}"
@@ -516,7 +521,10 @@ class VCRDTrainer(EngineTrainer):
                 stream_inputs[stream] = StreamInputs(t_out, s_out, points, weights)
         _sync(device)
         t0 = time.perf_counter()
-        out = self.objective(**stream_inputs)
+        # accelerate autocasts only the models' forwards: the fused engine's lm_head matmuls (in the loss) must
+        # run under the same mixed precision as the model's own lm_head would
+        with self.accelerator.autocast() if self._fused is not None else contextlib.nullcontext():
+            out = self.objective(**stream_inputs)
         for row in in_pass:
             row.finish()
         if any(r.nonfinite for r in in_pass):
@@ -532,9 +540,11 @@ class VCRDTrainer(EngineTrainer):
         return (loss, {"outputs": outputs}) if return_outputs else loss
 
     def _scored_in_pass(self, stream: str) -> bool:
-        """Online weights of a :class:`RowJudge` with a score-reading rule: made inside the fused pass."""
+        """Online weights of a :class:`RowJudge` that reads nothing else (no proposals, so no parity) with a
+        score-reading rule: made inside the fused pass, as :func:`score_batch` would make them."""
         sc = self.scoring[stream]
-        return isinstance(sc.judge, RowJudge) and sc.rule.uses_scores()
+        row_only = frozenset({Need.TEACHER_LOGITS, Need.STUDENT_GREEDY})
+        return isinstance(sc.judge, RowJudge) and sc.judge.needs <= row_only and sc.rule.uses_scores()
 
     def _scoring_logits(
         self, stream: str, t_hidden: torch.Tensor, s_hidden: torch.Tensor
@@ -551,7 +561,7 @@ class VCRDTrainer(EngineTrainer):
         need_s = Need.STUDENT_GREEDY in needs or (Need.TOKEN_IDS in needs and teacher_prefix)
         assert self._fused is not None
         out: list[torch.Tensor | None] = []
-        with torch.no_grad():
+        with torch.no_grad(), self.accelerator.autocast():  # as the models' own lm_heads under mixed precision
             for need, hidden, fused in ((need_t, t_hidden, self._fused[0]), (need_s, s_hidden, self._fused[1])):
                 head = fused.head
                 out.append(torch.nn.functional.linear(hidden.detach(), head.weight, head.bias) if need else None)

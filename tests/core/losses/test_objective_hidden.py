@@ -203,16 +203,16 @@ def test_a_stream_without_decision_points_gives_a_zero_that_backpropagates() -> 
     heads = Heads()
     one = VCRDObjective(StreamLoss(vcrd_core.create(vcrd_core.DIVERGENCES, "skl", {})), None, vocab_size=VOCAB)
     h = randn(2, 5, H_S, seed=3).requires_grad_(True)
+    w = heads.student_weight.clone().requires_grad_(True)
     points = DecisionPoints.from_masks(torch.ones(2, 5, dtype=torch.long), torch.zeros(2, 5, dtype=torch.long))
     out = one(
-        teacher_prefix=HiddenStreamInputs(
-            randn(2, 5, H_T, seed=4), h, LMHead(heads.teacher_weight), LMHead(heads.student_weight), points
-        )
+        teacher_prefix=HiddenStreamInputs(randn(2, 5, H_T, seed=4), h, LMHead(heads.teacher_weight), LMHead(w), points)
     )
     loss = out.loss()
     loss.backward()
     assert float(loss.detach()) == 0.0 and out.counts() == {"teacher_prefix": 0}
     assert h.grad is not None and torch.all(h.grad == 0)
+    assert w.grad is not None and torch.all(w.grad == 0)  # a zero gradient, as the logits path gives: not None
 
 
 def test_bad_hidden_inputs_are_refused_in_one_line() -> None:
@@ -234,3 +234,20 @@ def test_bad_hidden_inputs_are_refused_in_one_line() -> None:
     linear = torch.nn.Linear(3, 5)
     head = LMHead.of(linear)
     assert head.weight is linear.weight and head.bias is linear.bias
+
+
+@pytest.mark.parametrize("reduction", ["sequence_mean", "sequence_sum", "token_mean"])
+def test_weights_made_in_the_pass_equal_the_same_weights_given_as_a_tensor(reduction: str) -> None:
+    heads, obj = Heads(), objective(reduction, chunk_size=4)
+    b = BATCHES["teacher_prefix"]
+    points: DecisionPoints = b["points"]
+    flat = points.gather(b["weights"])
+    one = VCRDObjective(obj.losses["teacher_prefix"], None, reduction=reduction, vocab_size=VOCAB, chunk_size=4)
+    results = []
+    for given in (b["weights"], lambda chunk: flat[chunk.start : chunk.stop].clone()):
+        inputs = HiddenStreamInputs(b["teacher_hidden"], b["student_hidden"], LMHead(heads.teacher_weight),
+                                    LMHead(heads.student_weight), points, given)  # fmt: skip
+        results.append(one(teacher_prefix=inputs))
+    tensor_out, callable_out = results
+    torch.testing.assert_close(callable_out.loss(), tensor_out.loss(), rtol=1e-6, atol=0)
+    assert callable_out.streams["teacher_prefix"].weight_stats == tensor_out.streams["teacher_prefix"].weight_stats

@@ -69,6 +69,17 @@ VARIANTS = {
     "online oracle": {},  # proposals sampled from logits built from the hidden states
     "online teacher_likelihood": {"judge": {"name": "teacher_likelihood"}, "weighting": {"name": "log_clamp"}},
     "token_mean reduction": {"objective": {"reduction": "token_mean"}},
+    # a RowJudge scored inside the pass under the reductions whose coefficients are the weights themselves
+    "teacher_likelihood, token_mean": {
+        "judge": {"name": "teacher_likelihood"},
+        "weighting": {"name": "log_clamp"},
+        "objective": {"reduction": "token_mean"},
+    },
+    "teacher_likelihood, sequence_sum": {
+        "judge": {"name": "teacher_likelihood"},
+        "weighting": {"name": "ratio"},
+        "objective": {"reduction": "sequence_sum"},
+    },
     "gradient checkpointing": {"training": {"gradient_checkpointing": True}},  # layers rerun in backward
 }
 
@@ -183,3 +194,24 @@ def test_compiled_fused_engine_trains_like_the_logits_engine(tmp_path: Path, tin
     logits, fused = both_engines(tmp_path, cfg)
     assert fused.objective.compile
     assert_same_training(tmp_path, logits, fused)
+
+
+def test_float32_weights_under_bf16_mixed_precision_use_the_fused_engine_in_bf16(
+    tmp_path: Path, tiny: tuple[Path, Path]
+) -> None:
+    """fp32 master weights, bf16 autocast: the fused lm_head matmuls run in bf16, as the models' own would."""
+    cfg = config_dict(tmp_path, *tiny, judge={"name": "teacher_likelihood"}, weighting={"name": "log_clamp"},
+                      training={"mixed_precision": "bf16"})  # fmt: skip
+    logits, fused = both_engines(tmp_path, cfg)
+    assert logits.loss_engine == "logits" and fused.loss_engine == "fused_linear", fused.loss_engine_reason
+    a, b = losses(tmp_path / "logits"), losses(tmp_path / "fused_linear")
+    # bf16 logits on both engines: equal up to the order of float32 sums (a float32 lm_head would differ by ~1e-3)
+    torch.testing.assert_close(torch.tensor(b), torch.tensor(a), rtol=2e-4, atol=1e-6)
+
+
+def test_auto_keeps_float16_models_on_the_logits_engine(tmp_path: Path, tiny: tuple[Path, Path]) -> None:
+    cfg = config_dict(tmp_path, *tiny, training={"max_steps": 1})
+    cfg["models"]["teacher"]["dtype"] = "float16"
+    with pytest.warns(UserWarning, match="logits engine: float16 logits: the fused engine's logit gradients would"):
+        trainer = train(cfg)
+    assert trainer.loss_engine == "logits"
