@@ -86,7 +86,8 @@ def _stage_score(cell: Cell, config: Any) -> tuple[Any, dict[str, Any]]:
             raise VcrdError(f"rollout store '{source}' does not exist; generate it first (vcrd rollouts)")
         shutil.copytree(source, target, ignore=shutil.ignore_patterns("score-summary.json", ".*.tmp"))
         config = config.model_copy(update={"rollouts": config.rollouts.model_copy(update={"store": str(target)})})
-    summary = score_store(config, batch_size=256, overwrite=True, console=Console(stderr=True, quiet=True))
+    # batches as large as the logits allow (256 rollouts at a toy vocabulary, 1 at Qwen2.5's and 1,024 tokens)
+    summary = score_store(config, batch_size=None, overwrite=True, console=Console(stderr=True, quiet=True))
     shares = {
         stream: {k: s[k] for k in ("attenuation", "parity", "amplification") if k in s}
         for stream, s in summary["streams"].items()

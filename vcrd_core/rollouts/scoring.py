@@ -197,10 +197,23 @@ def _shares(weights: np.ndarray) -> dict[str, Any]:
     }
 
 
+#: Float32 logits elements per model in one scoring batch when the batch size is automatic (512 MiB).
+AUTO_BATCH_ELEMENTS = 2**27
+
+
+def auto_batch_size(vocab: int, length: int, most: int = 256) -> int:
+    """Rollouts per scoring batch such that one model's ``[batch, length, vocab]`` float32 logits stay within
+    :data:`AUTO_BATCH_ELEMENTS` (at least 1, at most ``most``): 256 for a toy vocabulary, 1 for Qwen2.5 at 1,024."""
+    return max(1, min(most, AUTO_BATCH_ELEMENTS // max(1, vocab * length)))
+
+
 def score_store(
-    config: RunConfig, *, batch_size: int = 8, overwrite: bool = False, console: Console | None = None
+    config: RunConfig, *, batch_size: int | None = 8, overwrite: bool = False, console: Console | None = None
 ) -> dict[str, Any]:
-    """Fill the score columns of the run's store (see the module docstring); returns the summary."""
+    """Fill the score columns of the run's store (see the module docstring); returns the summary.
+
+    ``batch_size``: rollouts per forward pass; None: :func:`auto_batch_size` of the models' logits width and
+    ``data.max_length``. The proposals' seeds are derived per batch, so they depend on it."""
     console = console or Console(stderr=True)
     store = RolloutStore(store_dir(config))
     manifest = store.manifest()
@@ -235,6 +248,9 @@ def score_store(
             s.judge.load(context)
     teacher = _load_model(config.models.teacher.path, config.models.teacher.dtype, device)
     student = _load_model(config.models.student.path, config.models.student.dtype, device)
+    if batch_size is None:
+        width = max(int(teacher.config.vocab_size), int(student.config.vocab_size))
+        batch_size = auto_batch_size(width, config.data.max_length)
     layout = store.layout()
     start = time.perf_counter()
     for role, setup in found_setups.items():

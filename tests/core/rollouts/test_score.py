@@ -184,3 +184,12 @@ def test_stored_prm_scores_equal_direct_recomputation(tmp_path: Path) -> None:
         for key in ("r_s", "r_t", "weights"):
             expected = getattr(direct, key)[0, span].float()
             torch.testing.assert_close(torch.tensor(row[key]), expected, atol=1e-5, rtol=1e-4, msg=key)
+
+
+def test_auto_batch_size_bounds_one_models_logits() -> None:
+    from vcrd_core.rollouts.scoring import AUTO_BATCH_ELEMENTS, auto_batch_size
+
+    assert auto_batch_size(18, 48) == 256  # the demo's toy vocabulary: as many as allowed
+    assert auto_batch_size(152_064, 1024) == 1  # Qwen2.5-7B's lm_head at 1,024 tokens: one rollout at a time
+    b = auto_batch_size(151_936, 128)
+    assert b == 6 and b * 128 * 151_936 <= AUTO_BATCH_ELEMENTS < (b + 1) * 128 * 151_936
