@@ -1,7 +1,9 @@
 """``vcrd`` command line: one module per subcommand under :mod:`vcrd_core.commands`.
 
 A user's mistake (:class:`vcrd_core.errors.VcrdError`) prints one line on stderr and exits 2, with no
-traceback; ``VCRD_DEBUG=1`` shows the traceback.
+traceback; ``VCRD_DEBUG=1`` shows the traceback. SIGTERM (a scheduler's stop, ``kill``) is turned into an
+exception like Ctrl-C, so that a file being written atomically is removed, not left half-written beside its
+target, and the command exits 143.
 """
 
 from __future__ import annotations
@@ -9,7 +11,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from vcrd_core import __version__
@@ -34,6 +38,14 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread (see the module docstring)."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated(signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv)
@@ -41,6 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminate)  # a handler someone else installed stays
     try:
         return int(args.func(args) or 0)
     except VcrdError as exc:
@@ -51,6 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 143
 
 
 if __name__ == "__main__":
