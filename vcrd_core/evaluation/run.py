@@ -31,6 +31,7 @@ from vcrd_core.plugins.manager import get_plugin_manager
 from vcrd_core.plugins.registry import create
 from vcrd_core.rollouts.generator import Generator, GeneratorContext, Sampling
 from vcrd_core.runs.atomic import atomic_write_text, atomic_writer
+from vcrd_core.runs.console import console as make_console
 from vcrd_core.runs.preflight import load_tokenizer
 
 #: Prompts per ``generate`` call (the progress bar's unit of advance).
@@ -92,7 +93,7 @@ def evaluate(
     """Generate one output per problem with ``generator`` (loaded), grade them, write ``samples.jsonl`` and
     ``summary.json`` into ``out_dir`` (when given) and return the summary. ``items`` (by label) skips reading
     the datasets again; ``step`` (a training step) calls the ``vcrd_on_evaluation_end`` hook."""
-    console = console or Console(stderr=True)
+    console = console or make_console(stderr=True)
     labels = labels_of(evaluators)
     summary: dict[str, Any] = {"vcrd": __version__, "evaluators": {}}
     out = Path(out_dir) if out_dir is not None else None
@@ -221,7 +222,7 @@ def run_evaluation(
 ) -> dict[str, Any]:
     """``vcrd eval``: every check first (evaluators, datasets, the model directory, its tokenizer), then
     the generator is loaded once and :func:`evaluate` runs."""
-    console = console or Console(stderr=True)
+    console = console or make_console(stderr=True)
     ev_config = config.evaluation
     if not ev_config.evaluators:
         raise ConfigError("evaluation.evaluators", "empty: name at least one evaluator (see `vcrd plugins`)")

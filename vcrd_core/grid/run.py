@@ -29,10 +29,11 @@ from vcrd_core.rollouts.run import generate_rollouts
 from vcrd_core.rollouts.scoring import score_store
 from vcrd_core.rollouts.store import parse_shard
 from vcrd_core.runs.atomic import atomic_write_text
+from vcrd_core.runs.console import console as make_console
 from vcrd_core.runs.provenance import write_run_metadata
 from vcrd_core.training.run import run_train
 
-_QUIET = Console(stderr=True, quiet=True)
+_QUIET = make_console(stderr=True, quiet=True)
 RUNNING = "running.json"
 
 
@@ -87,7 +88,7 @@ def _stage_score(cell: Cell, config: Any) -> tuple[Any, dict[str, Any]]:
         shutil.copytree(source, target, ignore=shutil.ignore_patterns("score-summary.json", ".*.tmp"))
         config = config.model_copy(update={"rollouts": config.rollouts.model_copy(update={"store": str(target)})})
     # batches as large as the logits allow (256 rollouts at a toy vocabulary, 1 at Qwen2.5's and 1,024 tokens)
-    summary = score_store(config, batch_size=None, overwrite=True, console=Console(stderr=True, quiet=True))
+    summary = score_store(config, batch_size=None, overwrite=True, console=_QUIET)
     shares = {
         stream: {k: s[k] for k in ("attenuation", "parity", "amplification") if k in s}
         for stream, s in summary["streams"].items()
@@ -96,7 +97,7 @@ def _stage_score(cell: Cell, config: Any) -> tuple[Any, dict[str, Any]]:
 
 
 def _stage_rollouts(cell: Cell, config: Any) -> tuple[Any, dict[str, Any]]:
-    generate_rollouts(config, console=Console(stderr=True, quiet=True))
+    generate_rollouts(config, console=_QUIET)
     return config, {}
 
 
@@ -162,7 +163,7 @@ def todo_cells(grid: Grid, shard: str | None = None) -> list[Cell]:
 
 def run_local(grid: Grid, *, shard: str | None = None, console: Console | None = None) -> list[Cell]:
     """Run this shard's unfinished cells one after another; returns the cells run."""
-    console = console or Console(stderr=True)
+    console = console or make_console(stderr=True)
     todo = todo_cells(grid, shard)
     i, n = parse_shard(shard)
     mine = sum(1 for c in grid.cells if c.index % n == i)
@@ -191,7 +192,7 @@ def run_submitit(grid: Grid, *, cluster: str | None = None, console: Console | N
     waits for them, printing progress."""
     import submitit
 
-    console = console or Console(stderr=True)
+    console = console or make_console(stderr=True)
     todo = todo_cells(grid)
     executor = submitit.AutoExecutor(folder=str(grid.output / "submitit"), cluster=cluster)
     params = {"timeout_min": 60, **grid.spec.submitit}

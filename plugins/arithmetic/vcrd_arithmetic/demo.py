@@ -38,6 +38,7 @@ from vcrd_core.judging.analysis import plot_validity_histogram, validity_stats
 from vcrd_core.judging.score_records import ScoreRecord
 from vcrd_core.rollouts.store import RolloutStore
 from vcrd_core.runs.atomic import atomic_write_text
+from vcrd_core.runs.console import console as make_console
 
 #: The demo's configs (sft.yaml, distill.yaml, grid.yaml) in a source checkout; ``--configs`` elsewhere.
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "demo"
@@ -218,7 +219,7 @@ def report(out: Path, grid_file: Path, base: dict[str, Any], console: Console) -
         f"{100 * base['student']['accuracy']:.1f}% ({100 * base['student']['valid']:.1f}%), "
         f"{base['teacher']['n']} held-out problems"
     )
-    console.print((out / "grid" / "results.md").read_text())
+    console.print((out / "grid" / "results.md").read_text(), markup=False, highlight=False)
     console.print(
         f"wrote {out}/grid/results.csv, results.md, results.png; {out}/validity_hist.png (Fig. 1-style); "
         f"{out}/regimes.json; grid seeds {grid['seeds']}"
@@ -241,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--teacher-steps", type=int, default=TEACHER_STEPS)
     parser.add_argument("--student-steps", type=int, default=STUDENT_STEPS)
     args = parser.parse_args(argv)
-    console = Console()
+    console = make_console()
     configs = Path(args.configs).resolve()
     missing = [f for f in ("sft.yaml", "distill.yaml", "grid.yaml") if not (configs / f).is_file()]
     if missing:

@@ -17,12 +17,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
 from vcrd_arithmetic.grammar import evaluate, final_answer, is_complete
 from vcrd_core.config.models import RunConfig
 from vcrd_core.errors import ConfigError
 from vcrd_core.evaluation.run import run_evaluation
+from vcrd_core.runs.console import console
 
 #: The ``exact`` evaluator with the task's extraction (its dataset path is filled in from ``data.eval``).
 EXTRACT = "vcrd_arithmetic.grammar:final_answer"
@@ -44,7 +43,7 @@ def exact_evaluators(eval_file: str | Path) -> list[dict[str, Any]]:
 def held_out_accuracy(config: RunConfig, model: str | Path, out_dir: str | Path) -> dict[str, Any]:
     """``vcrd eval`` of ``model`` with ``config.evaluation`` (``exact``), then ``accuracy``, ``valid`` and ``n``
     from its ``samples.jsonl`` in ``out_dir``."""
-    run_evaluation(config, model=str(model), out_dir=str(out_dir), console=Console(stderr=True, quiet=True))
+    run_evaluation(config, model=str(model), out_dir=str(out_dir), console=console(stderr=True, quiet=True))
     samples = [json.loads(line) for line in (Path(out_dir) / "samples.jsonl").read_text().splitlines() if line]
     if not samples:
         raise ConfigError("evaluation.evaluators", f"no sample in {out_dir}/samples.jsonl")
