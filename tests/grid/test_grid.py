@@ -4,6 +4,7 @@ shards, submitit's local executor, and the results table (mean ± std, best in b
 from __future__ import annotations
 
 import csv
+import io
 import os
 import signal
 import subprocess
@@ -13,12 +14,13 @@ from typing import Any
 
 import pytest
 import yaml
+from rich.console import Console
 
 from tests.conftest import ROOT, VENV_BIN, run_vcrd
 from vcrd_core.errors import VcrdError
-from vcrd_core.grid.results import markdown, summarize
+from vcrd_core.grid.results import markdown, print_table, summarize, write_chart
 from vcrd_core.grid.run import run_local
-from vcrd_core.grid.spec import load_grid, validate_cells
+from vcrd_core.grid.spec import check_metrics, load_grid, validate_cells
 
 HERE = Path(__file__).resolve().parent
 BASE = {
@@ -222,3 +224,173 @@ def test_a_changed_grid_reruns_its_changed_cells_only(tmp_path: Path, monkeypatc
     grid = validate_cells(load_grid(grid_file))
     assert len(run_local(grid)) == 2  # same cells, another config: their old metrics are stale
     assert len(_csv_rows(tmp_path / "out" / "results.csv")) == 2
+
+
+def test_an_unknown_grid_metric_is_refused_by_validate_with_the_list_and_a_did_you_mean(tmp_path: Path) -> None:
+    grid = _grid(tmp_path, [{"name": "ratio"}, {"name": "constant"}], [0], primary="acuracy")
+    result = run_vcrd("grid", str(grid), "--validate", env=_env(tmp_path))
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "primary: 'acuracy' is not a metric of the stages [grid_stages:metric]" in lines[0]
+    assert "Did you mean 'accuracy'? They produce: accuracy, loss" in lines[0]
+    assert _ran(tmp_path) == [] and not (tmp_path / "out").exists()
+
+
+@pytest.mark.usefixtures("stages_importable")
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("columns", ["accuracy", "los"], "columns: 'los' is not a metric .* Did you mean 'loss'\\?"),
+        ("minimize", ["accurcy"], "minimize: 'accurcy' is not a metric .* Did you mean 'accuracy'\\?"),
+        ("maximize", ["losses"], "maximize: 'losses' is not a metric .* Did you mean 'loss'\\?"),
+        (
+            "baseline",
+            "constnat",
+            "baseline: 'constnat' is not a combination .* Did you mean 'constant'\\? Combinations: ratio, constant",
+        ),
+    ],
+)
+def test_columns_minimize_maximize_and_baseline_are_checked(
+    tmp_path: Path, field: str, value: Any, message: str
+) -> None:
+    with pytest.raises(VcrdError, match=message):
+        validate_cells(load_grid(_grid(tmp_path, [{"name": "ratio"}, {"name": "constant"}], [0], **{field: value})))
+
+
+@pytest.mark.usefixtures("stages_importable")
+def test_built_in_stages_declare_what_they_produce(tmp_path: Path) -> None:
+    math = {"name": "math", "params": {"datasets": [{"name": "gsm8k", "path": "/d/g.jsonl"}, {"name": "m500"}]}}
+    grid_file = _grid(
+        tmp_path,
+        [{"name": "ratio"}],
+        [0],
+        stages=["rollouts", "score", "train", "eval", "grid_stages:metric"],
+        set={"evaluation.evaluators": [math, math]},
+        primary="math/average",
+        minimize=[],
+    )
+    grid = validate_cells(load_grid(grid_file))
+    streams = ("teacher_prefix", "student_prefix")
+    assert grid.metrics == {
+        *(f"score/{s}/{k}" for s in streams for k in ("attenuation", "parity", "amplification")),
+        "train/final_loss",
+        "train/seconds",
+        "math/gsm8k/pass@1",
+        "math/m500/pass@1",
+        "math/average",
+        "math-2/gsm8k/pass@1",
+        "math-2/m500/pass@1",
+        "math-2/average",
+        "accuracy",
+        "loss",
+    }
+    assert grid.undeclared == []
+    off = _grid(
+        tmp_path,
+        [{"name": "ratio"}],
+        [0],
+        stages=["score"],
+        primary=None,
+        minimize=[],
+        set={"objective.student_prefix.enabled": False},
+    )
+    assert validate_cells(load_grid(off)).metrics == {
+        f"score/teacher_prefix/{k}" for k in ("attenuation", "parity", "amplification")
+    }
+    with pytest.raises(VcrdError, match=r"primary: 'math/avg' is not a metric .* Did you mean 'math/average'"):
+        validate_cells(
+            load_grid(
+                _grid(
+                    tmp_path,
+                    [{"name": "ratio"}],
+                    [0],
+                    stages=["train", "eval"],
+                    set={"evaluation.evaluators": [math]},
+                    primary="math/avg",
+                    minimize=[],
+                )
+            )
+        )
+    with pytest.raises(VcrdError, match=r"grid cell 0-ratio-s0 .*evaluation.evaluators.*eval stage needs"):
+        validate_cells(load_grid(_grid(tmp_path, [{"name": "ratio"}], [0], stages=["train", "eval"], minimize=[])))
+
+
+def test_the_demo_grid_stage_declares_its_metrics() -> None:
+    from vcrd_arithmetic.evaluate import grid_stage
+
+    assert grid_stage.grid_metrics == ("accuracy", "valid", "n")  # type: ignore[attr-defined]
+
+
+@pytest.mark.usefixtures("stages_importable")
+def test_an_undeclared_stage_is_checked_once_its_first_cell_has_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in _env(tmp_path).items():
+        monkeypatch.setenv(key, value)
+    grid_file = _grid(
+        tmp_path, [{"name": "ratio"}, {"name": "constant"}], [0], stages=["grid_stages:undeclared"], primary="acuracy"
+    )
+    grid = validate_cells(load_grid(grid_file))  # its names are unknown before it runs
+    assert grid.undeclared == ["grid_stages:undeclared"]
+    with pytest.raises(
+        VcrdError,
+        match=r"primary: 'acuracy' is not a metric a finished cell reported .* "
+        r"Did you mean 'accuracy'\? They produce: accuracy, loss",
+    ):
+        run_local(grid)
+    assert _ran(tmp_path) == ["0-ratio-s0"]  # stopped after one cell, which is kept
+    assert (tmp_path / "out" / "cells" / "0-ratio-s0" / "metrics.json").is_file()
+
+
+def test_loss_and_seconds_are_minimised_by_default_unless_maximize_says_otherwise(tmp_path: Path) -> None:
+    grid_file = _grid(
+        tmp_path, [{"name": "ratio"}, {"name": "constant"}], [0], minimize=[], stages=["train"], primary="train/seconds"
+    )
+    grid = validate_cells(load_grid(grid_file))
+    records = [
+        {"label": c.label, "seed": c.seed, "metrics": {"train/final_loss": loss, "train/seconds": secs, "acc": acc}}
+        for c, loss, secs, acc in zip(grid.cells, [0.2, 0.9], [50.0, 10.0], [0.3, 0.7], strict=True)
+    ]
+    summary = summarize(grid, records)
+    assert summary.best("train/final_loss") == 0.2 and summary.best("train/seconds") == 10.0
+    assert summary.best("acc") == 0.7  # any other name: higher is better
+    md = markdown(summary)
+    assert "| ratio | 1 | **0.2** | 50 | 0.3 |" in md and "| constant | 1 | 0.9 | **10** | **0.7** |" in md
+    grid.spec.maximize = ["train/seconds"]
+    grid.spec.minimize = ["acc"]
+    summary = summarize(grid, records)
+    assert summary.best("train/seconds") == 50.0 and summary.best("acc") == 0.3
+    assert summary.best("train/final_loss") == 0.2
+    grid.spec.minimize = ["train/seconds"]
+    with pytest.raises(VcrdError, match="'train/seconds' is under both minimize and maximize"):
+        check_metrics(grid)
+
+
+def test_no_chart_is_written_with_empty_axes(tmp_path: Path) -> None:
+    grid_file = _grid(
+        tmp_path,
+        [{"name": "ratio"}, {"name": "constant"}],
+        [0],
+        stages=["train"],
+        primary="train/final_loss",
+        minimize=[],
+    )
+    grid = validate_cells(load_grid(grid_file))
+    png = tmp_path / "out" / "results.png"
+    png.parent.mkdir(parents=True)
+    png.write_bytes(b"an older chart")
+    # finished cells whose primary metric has no value (e.g. a failed final loss)
+    records = [{"label": c.label, "seed": c.seed, "metrics": {"train/seconds": 1.0}} for c in grid.cells]
+    summary = summarize(grid, records)
+    assert write_chart(summary, png) is None and not png.exists()
+    assert summary.chart_note == "no finished cell reports the primary metric 'train/final_loss'"
+    out = Console(file=io.StringIO(), width=200)
+    print_table(summary, out, "t")
+    assert "results.png not written: no finished cell reports the primary metric 'train/final_loss'" in (
+        out.file.getvalue()  # type: ignore[attr-defined]
+    )
+    assert write_chart(summarize(grid, []), png) is None and not png.exists()  # no finished cell
+    records[0]["metrics"]["train/final_loss"] = 0.5
+    summary = summarize(grid, records)
+    assert write_chart(summary, png) == png and png.read_bytes()[:4] == b"\x89PNG" and summary.chart_note is None

@@ -159,6 +159,16 @@ def flat_results(summary: dict[str, Any]) -> dict[str, float]:
     return flat
 
 
+def metric_names(evaluators: list[Evaluator]) -> list[str]:
+    """Every name :func:`flat_results` can give these evaluators' results, known before anything runs:
+    ``<label>/<dataset>/<metric>`` per dataset of ``params.datasets`` and ``<label>/average``."""
+    names: list[str] = []
+    for label, ev in zip(labels_of(evaluators), evaluators, strict=True):
+        names += [f"{label}/{ds.name}/{ev.metric}" for ds in ev.params.datasets]
+        names.append(f"{label}/average")
+    return names
+
+
 def print_summary(summary: dict[str, Any], console: Console) -> None:
     """One table row per (evaluator, dataset) and one per evaluator average."""
     table = Table(title="evaluation")
@@ -193,14 +203,20 @@ def model_of(config: RunConfig, model: str) -> tuple[str, str, str]:
     return Path(model).name or "model", model, config.models.student.dtype
 
 
+def make_evaluators(config: RunConfig) -> list[Evaluator]:
+    """The config's evaluators, created from their params (nothing read, nothing checked yet)."""
+    evaluators: list[Evaluator] = []
+    for i, spec in enumerate(config.evaluation.evaluators):
+        evaluators.append(create(EVALUATORS, spec.name, spec.params, path=f"evaluation.evaluators.{i}"))  # type: ignore[arg-type]
+    return evaluators
+
+
 def load_evaluators(config: RunConfig) -> tuple[list[Evaluator], dict[str, list[EvalItem]]]:
     """The config's evaluators, checked, and their problems by label (one-line errors at their YAML path);
     loads no model."""
     if not config.evaluation.evaluators:
         raise ConfigError("evaluation.evaluators", "empty: name at least one evaluator (see `vcrd plugins`)")
-    evaluators: list[Evaluator] = []
-    for i, spec in enumerate(config.evaluation.evaluators):
-        evaluators.append(create(EVALUATORS, spec.name, spec.params, path=f"evaluation.evaluators.{i}"))  # type: ignore[arg-type]
+    evaluators = make_evaluators(config)
     items: dict[str, list[EvalItem]] = {}
     for i, (name, ev) in enumerate(zip(labels_of(evaluators), evaluators, strict=True)):
         try:

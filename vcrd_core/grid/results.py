@@ -1,6 +1,7 @@
 """A grid's results from its finished cells: ``results.csv`` (one row per cell), ``results.md`` (mean ± std
-over seeds per combination, the best per column in bold, the paired per-seed difference to the baseline),
-``results.png`` (the primary metric's mean with its spread and every seed) and the same table printed with rich.
+over seeds per combination, the best per column in bold: the lowest for ``...loss``, ``...seconds`` and
+``minimize``, else the highest; the paired per-seed difference to the baseline), ``results.png`` (the
+primary metric's mean with its spread and every seed; never empty axes) and the same table printed with rich.
 Every file is written atomically: a reader sees the previous complete file or the new one, never half of one.
 """
 
@@ -8,11 +9,11 @@ from __future__ import annotations
 
 import csv
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vcrd_core.grid.spec import Grid, finished_record
+from vcrd_core.grid.spec import Grid, finished_record, lower_is_better
 from vcrd_core.runs.atomic import atomic_path, atomic_writer
 
 CSV_FILE, MD_FILE, PNG_FILE = "results.csv", "results.md", "results.png"
@@ -39,6 +40,9 @@ class Summary:
     primary: str | None
     baseline: str | None
     minimize: list[str]
+    maximize: list[str] = field(default_factory=list)
+    #: Why results.png was not written (set by :func:`write_results`), printed under the table.
+    chart_note: str | None = None
 
     def stat(self, label: str, metric: str) -> tuple[float, float, int] | None:
         vals = list(self.values[label].get(metric, {}).values())
@@ -56,7 +60,7 @@ class Summary:
         means = [s[0] for s in (self.stat(label, metric) for label in self.labels) if s is not None]
         if not means:
             return None
-        return min(means) if metric in self.minimize else max(means)
+        return min(means) if lower_is_better(metric, self.minimize, self.maximize) else max(means)
 
 
 def summarize(grid: Grid, records: list[dict[str, Any]] | None = None) -> Summary:
@@ -75,7 +79,8 @@ def summarize(grid: Grid, records: list[dict[str, Any]] | None = None) -> Summar
     primary = grid.spec.primary or (metrics[0] if metrics else None)
     if grid.spec.columns:
         metrics = [m for m in grid.spec.columns if m in metrics]
-    return Summary(labels, metrics, values, primary, grid.spec.baseline, list(grid.spec.minimize))
+    spec = grid.spec
+    return Summary(labels, metrics, values, primary, spec.baseline, list(spec.minimize), list(spec.maximize))
 
 
 def _fmt(stat: tuple[float, float, int] | None, signed: bool = False) -> str:
@@ -133,17 +138,34 @@ def markdown(summary: Summary) -> str:
     return "\n".join(lines) + "\n"
 
 
+def chart_refusal(summary: Summary) -> str | None:
+    """Why the chart of ``summary`` would be empty (no finished cell, no primary metric, no value of it);
+    None when it has something to show."""
+    if not summary.labels:
+        return "no finished cell yet"
+    if summary.primary is None:
+        return "the finished cells report no metric"
+    if all(summary.stat(lab, summary.primary) is None for lab in summary.labels):
+        return f"no finished cell reports the primary metric '{summary.primary}'"
+    return None
+
+
 def write_chart(summary: Summary, path: Path) -> Path | None:
-    """Bar chart of the primary metric: mean over seeds, error bar ± std, one dot per seed."""
-    if summary.primary is None or not summary.labels:
+    """Bar chart of the primary metric: mean over seeds, error bar ± std, one dot per seed. Never empty axes:
+    when :func:`chart_refusal` gives a reason, nothing is written, an older chart is removed (it would show
+    other results) and the reason is ``summary.chart_note``."""
+    summary.chart_note = chart_refusal(summary)
+    if summary.chart_note is not None:
+        path.unlink(missing_ok=True)
         return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    assert summary.primary is not None
     labels = [lab for lab in summary.labels if summary.stat(lab, summary.primary) is not None]
-    stats = [summary.stat(lab, summary.primary) for lab in labels]
+    stats = [s for s in (summary.stat(lab, summary.primary) for lab in labels) if s is not None]
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(labels) + 2), 4.2))
     xs = range(len(labels))
     ax.bar(xs, [s[0] for s in stats], yerr=[s[1] for s in stats], capsize=4, color="#8fb3d9", edgecolor="#2a5d8f")
@@ -187,3 +209,5 @@ def print_table(summary: Summary, console: Any, title: str) -> None:
     for row, flags in zip(rows, bold, strict=True):
         table.add_row(*(f"[bold]{escape(c)}[/bold]" if b else escape(c) for c, b in zip(row, flags, strict=True)))
     console.print(table)
+    if summary.chart_note is not None:
+        console.print(f"results.png not written: {escape(summary.chart_note)}")

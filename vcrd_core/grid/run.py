@@ -24,7 +24,16 @@ from rich.console import Console
 from vcrd_core.errors import VcrdError
 from vcrd_core.evaluation.run import flat_results, run_evaluation
 from vcrd_core.grid.results import write_results
-from vcrd_core.grid.spec import METRICS, Cell, Grid, is_done, load_grid, resolve_stage, validate_cells
+from vcrd_core.grid.spec import (
+    METRICS,
+    Cell,
+    Grid,
+    check_metrics,
+    is_done,
+    load_grid,
+    resolve_stage,
+    validate_cells,
+)
 from vcrd_core.rollouts.run import generate_rollouts
 from vcrd_core.rollouts.scoring import score_store
 from vcrd_core.rollouts.store import parse_shard
@@ -153,6 +162,8 @@ def run_cell(grid: Grid, cell: Cell) -> dict[str, Any]:
     }
     atomic_write_text(cell.dir / METRICS, json.dumps(record, indent=2) + "\n")
     (cell.dir / RUNNING).unlink(missing_ok=True)
+    if grid.undeclared:  # the grid's metric names could not be checked before: now they can (the cell is kept)
+        check_metrics(grid, produced=set(metrics))
     return record
 
 

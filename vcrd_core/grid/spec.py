@@ -15,7 +15,8 @@ A grid file (YAML)::
     output: runs/my-grid            # relative to the working directory
     primary: accuracy               # the metric of the chart and of the baseline difference
     columns: [accuracy, valid]      # the metrics results.md and the printed table show (results.csv has all)
-    minimize: []                    # metrics where lower is better (bold = best)
+    minimize: []                    # metrics where lower is better (bold = best) besides *loss and *seconds
+    maximize: []                    # metrics named *loss or *seconds where higher is better nonetheless
     baseline: constant              # label of the combination paired per seed against every other
     submitit: {timeout_min: 60}     # executor parameters for --executor submitit
 
@@ -29,10 +30,21 @@ Stages run in order in each cell: ``rollouts`` (``vcrd rollouts``), ``score`` (o
 own copy of ``rollouts.store``, since each rule writes its own weights), ``train`` (``vcrd train``, merged
 under LoRA), ``eval`` (``vcrd eval`` of the trained student), or ``module:function`` called as
 ``function(config, cell_dir) -> metrics`` (a dict of numbers, nested dicts flattened with ``/``).
+
+Metric names are checked before any cell runs: ``primary``, ``columns``, ``minimize`` and ``maximize`` must
+name metrics the stages produce (:func:`stage_metrics`; one line listing them, with a did-you-mean), and
+``baseline`` a combination's label. The built-in stages produce ``score/<stream>/attenuation`` (``parity``,
+``amplification``) per enabled stream, ``train/final_loss`` and ``train/seconds``, and per evaluator of
+``evaluation.evaluators`` ``<label>/<dataset>/<metric>`` and ``<label>/average`` (``math/math500/pass@1``,
+``math/average``). A ``module:function`` stage declares its names with :func:`produces` (or a
+``grid_metrics`` attribute: a list of names, or a function of the cell's config returning one); an
+undeclared stage's names are checked against the first cell it finishes. Lower is better for metrics named
+``...loss`` or ``...seconds`` and those under ``minimize``; higher for every other.
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib
 import itertools
@@ -41,7 +53,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -49,10 +61,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from vcrd_core.config.loader import apply_set, load_raw, resolved_dict, validate
 from vcrd_core.config.models import RunConfig
 from vcrd_core.config.validation import first_error
-from vcrd_core.errors import VcrdError
+from vcrd_core.errors import ConfigError, VcrdError
+from vcrd_core.evaluation.run import make_evaluators, metric_names
 
 #: Stages built into ``vcrd grid`` (any other stage is ``module:function``).
 BUILTIN_STAGES = ("rollouts", "score", "train", "eval")
+#: What the ``score`` stage reports per enabled stream (``score/<stream>/<share>``).
+SCORE_SHARES = ("attenuation", "parity", "amplification")
+#: What the ``train`` stage reports.
+TRAIN_METRICS = ("train/final_loss", "train/seconds")
+#: Name endings of metrics where lower is better unless ``maximize`` lists them.
+LOWER_IS_BETTER = ("loss", "seconds")
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class GridFile(BaseModel):
@@ -67,7 +88,8 @@ class GridFile(BaseModel):
     output: str = "runs/grid"
     primary: str | None = None
     columns: list[str] = Field(default_factory=list, description="Metrics in results.md and the table (all: [])")
-    minimize: list[str] = Field(default_factory=list)
+    minimize: list[str] = Field(default_factory=list, description="Lower is better (besides *loss, *seconds).")
+    maximize: list[str] = Field(default_factory=list, description="Higher is better though named *loss/*seconds.")
     baseline: str | None = None
     submitit: dict[str, Any] = Field(default_factory=dict)
 
@@ -130,6 +152,9 @@ class Grid:
     file: Path
     spec: GridFile
     cells: list[Cell] = field(default_factory=list)
+    #: The metrics the stages declare (filled in by :func:`validate_cells`), and the stages that declare none.
+    metrics: set[str] = field(default_factory=set)
+    undeclared: list[str] = field(default_factory=list)
 
     @property
     def output(self) -> Path:
@@ -237,10 +262,94 @@ def resolve_stage(name: str) -> Callable[..., Any] | str:
     return func
 
 
+def produces(*names: str) -> Callable[[F], F]:
+    """Declare the metrics a ``module:function`` grid stage returns (names flattened with ``/``), so that
+    ``vcrd grid --validate`` checks the grid's ``primary``, ``columns``, ``minimize`` and ``maximize``::
+
+        @produces("accuracy", "valid", "n")
+        def grid_stage(config: RunConfig, cell_dir: Path) -> dict[str, float]: ...
+    """
+
+    def declare(func: F) -> F:
+        func.grid_metrics = tuple(names)  # type: ignore[attr-defined]
+        return func
+
+    return declare
+
+
+def stage_metrics(name: str, config: RunConfig) -> set[str] | None:
+    """The metric names stage ``name`` produces for a cell of ``config``; None for a ``module:function`` stage
+    that declares none (:func:`produces`)."""
+    stage = resolve_stage(name)
+    if stage == "rollouts":
+        return set()
+    if stage == "score":
+        return {f"score/{stream}/{share}" for stream in config.streams() for share in SCORE_SHARES}
+    if stage == "train":
+        return set(TRAIN_METRICS)
+    if stage == "eval":
+        if not config.evaluation.evaluators:
+            raise ConfigError("evaluation.evaluators", "empty: the grid's eval stage needs at least one evaluator")
+        return set(metric_names(make_evaluators(config)))
+    declared = getattr(stage, "grid_metrics", None)
+    if declared is None:
+        return None
+    names = declared(config) if callable(declared) else declared
+    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        raise VcrdError(f"grid stage '{name}': grid_metrics must be a list of metric names, got {names!r}")
+    return set(names)
+
+
+def lower_is_better(metric: str, minimize: list[str], maximize: list[str]) -> bool:
+    """Whether the best value of ``metric`` is its lowest: listed under ``minimize``, or named ``...loss`` /
+    ``...seconds`` and not listed under ``maximize``."""
+    return metric in minimize or (metric not in maximize and metric.endswith(LOWER_IS_BETTER))
+
+
+def _unknown(grid: Grid, what: str, name: str, known: set[str], source: str) -> VcrdError:
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    listed = ", ".join(sorted(known)) or "no metric"
+    return VcrdError(f"{grid.file}: {what}: '{name}' is not a metric {source}.{hint} They produce: {listed}")
+
+
+def check_metrics(grid: Grid, produced: set[str] | None = None) -> None:
+    """Refuse (one line) a ``primary``, ``columns``, ``minimize`` or ``maximize`` entry that is no metric the
+    stages produce, and a ``baseline`` that is no combination. While a stage declares no names (it may
+    produce any), the names are checked against ``produced``, what a finished cell reported, once one has."""
+    spec = grid.spec
+    stages = ", ".join(spec.stages)
+    known = grid.metrics | (produced or set())
+    source = f"of the stages [{stages}]"
+    if produced is not None:
+        source = f"a finished cell reported (stages [{stages}])"
+    # a stage that declares no names may produce any: its grid is checked once a cell has run
+    if produced is not None or not grid.undeclared:
+        wanted = [("primary", [spec.primary] if spec.primary else [])]
+        wanted += [("columns", spec.columns), ("minimize", spec.minimize), ("maximize", spec.maximize)]
+        for what, names in wanted:
+            for name in names:
+                if name not in known:
+                    raise _unknown(grid, what, name, known, source)
+    both = sorted(set(spec.minimize) & set(spec.maximize))
+    if both:
+        raise VcrdError(f"{grid.file}: '{both[0]}' is under both minimize and maximize")
+    labels = list(dict.fromkeys(c.label for c in grid.cells))
+    if spec.baseline is not None and spec.baseline not in labels:
+        close = difflib.get_close_matches(spec.baseline, labels, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise VcrdError(
+            f"{grid.file}: baseline: '{spec.baseline}' is not a combination of the grid.{hint} "
+            f"Combinations: {', '.join(labels)}"
+        )
+
+
 def validate_cells(grid: Grid) -> Grid:
-    """Validate every cell's config (both phases) and every stage; the first error refuses the grid."""
+    """Validate every cell's config (both phases), every stage and the metric names the grid refers to
+    (:func:`check_metrics`); the first error refuses the grid."""
     for stage in grid.spec.stages:
         resolve_stage(stage)
+    grid.metrics, grid.undeclared = set(), []
     for cell in grid.cells:
         try:
             raw = load_raw(grid.spec.base)
@@ -249,6 +358,13 @@ def validate_cells(grid: Grid) -> Grid:
             cell.config = validate(raw)
             made = {"config": resolved_dict(cell.config), "stages": grid.spec.stages}
             cell.fingerprint = hashlib.sha256(json.dumps(made, sort_keys=True).encode()).hexdigest()
+            for stage in grid.spec.stages:
+                names = stage_metrics(stage, cell.config)
+                if names is None:
+                    grid.undeclared += [stage] if stage not in grid.undeclared else []
+                else:
+                    grid.metrics |= names
         except VcrdError as exc:
             raise VcrdError(f"grid cell {cell.id} ({cell.label}, seed {cell.seed}): {exc}") from None
+    check_metrics(grid)
     return grid

@@ -21,6 +21,7 @@ from vcrd_arithmetic.grammar import evaluate, final_answer, is_complete
 from vcrd_core.config.models import RunConfig
 from vcrd_core.errors import ConfigError
 from vcrd_core.evaluation.run import run_evaluation
+from vcrd_core.grid.spec import produces
 from vcrd_core.runs.console import console
 
 #: The ``exact`` evaluator with the task's extraction (its dataset path is filled in from ``data.eval``).
@@ -55,6 +56,7 @@ def held_out_accuracy(config: RunConfig, model: str | Path, out_dir: str | Path)
     }
 
 
+@produces("accuracy", "valid", "n")
 def grid_stage(config: RunConfig, cell_dir: Path) -> dict[str, Any]:
     """A ``vcrd grid`` stage: grade the cell's trained student (``<output.dir>/final``) on ``evaluation``."""
     if not config.evaluation.evaluators:
