@@ -1,6 +1,8 @@
-"""``math``: the Qwen2.5-Math protocol: the ``qwen25_math_cot`` prompt, greedy decoding, the answer in the last
-``\\boxed{}`` (else the last number), equivalence decided by ``math-verify`` (sympy: fractions, LaTeX,
-intervals, units, percentages); Pass@1 per dataset and their average (paper Tables 1–2)."""
+"""``math``: the Qwen2.5-Math protocol: the ``qwen25_math_cot`` prompt, greedy decoding, the answer extracted in
+Qwen2.5-Math's order (the last ``\\boxed{}``, else what follows "the answer is", else "final answer is", else
+the last number: :func:`vcrd_evaluators.answers.qwen25_math_answer`), LaTeX thousands separators joined in the
+answer and the reference (``1\\,000``, ``1{,}000``), equivalence decided by ``math-verify`` (sympy: fractions,
+LaTeX, intervals, units, percentages); Pass@1 per dataset and their average (paper Tables 1–2)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from pydantic import Field
 
 from vcrd_core.errors import VcrdError
 from vcrd_core.evaluation.evaluator import EvalItem, Evaluator, EvaluatorParams, Verdict
-from vcrd_evaluators.answers import boxed_or_last_number
+from vcrd_evaluators.answers import join_thousands, qwen25_math_answer
 
 
 def _math_verify() -> Any:
@@ -23,9 +25,11 @@ def _math_verify() -> Any:
 
 
 def equivalent(reference: Any, answer: str | None, timeout: int | None = 5) -> bool:
-    """Whether ``answer`` equals ``reference`` as math-verify judges them (both read as LaTeX math)."""
+    """Whether ``answer`` equals ``reference`` as math-verify judges them (both read as LaTeX math, thousands
+    separators joined)."""
     if answer is None or reference is None:
         return False
+    reference, answer = join_thousands(str(reference)), join_thousands(answer)
     mv = _math_verify()
     # math-verify's timeouts use SIGALRM, which only the main thread may set.
     if threading.current_thread() is not threading.main_thread():
@@ -38,7 +42,7 @@ def equivalent(reference: Any, answer: str | None, timeout: int | None = 5) -> b
 
 
 class MathEvaluator(Evaluator):
-    """Math answers: last \\boxed{} (else the last number), equivalence through math-verify; Pass@1."""
+    """Math answers: last \\boxed{}, else "the answer is ...", else the last number; math-verify; Pass@1."""
 
     name = "math"
     template = "qwen25_math_cot"
@@ -50,7 +54,7 @@ class MathEvaluator(Evaluator):
         _math_verify()
 
     def grade(self, item: EvalItem, output: str) -> Verdict:
-        answer = boxed_or_last_number(output)
+        answer = qwen25_math_answer(output)
         if item.reference is None:
             return Verdict(None, answer, f"dataset '{item.dataset}' row {item.index} has no reference answer")
         return Verdict(float(equivalent(item.reference, answer, self.params.timeout)), answer)

@@ -4,7 +4,7 @@ pluggable extraction: the toy task's own ``final_answer``)."""
 from __future__ import annotations
 
 import pytest
-from vcrd_evaluators.answers import after_last_equals, last_boxed, last_number
+from vcrd_evaluators.answers import after_last_equals, join_thousands, last_boxed, last_number, qwen25_math_answer
 
 from vcrd_core import create
 from vcrd_core.errors import ConfigError
@@ -115,3 +115,53 @@ def test_exact_bad_extraction_is_one_line(extract: str, message: str) -> None:
         create("evaluators", "exact", {"extract": extract}, path="evaluation.evaluators.0")
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("The answer is $\\frac{1}{2}$.", "\\frac{1}{2}"),  # not the last number, 2
+        ("So the answer is: \\(\\sqrt{3}\\)", "\\sqrt{3}"),
+        ("Therefore, the final answer is $$x^2 + 1$$. I hope it is correct.", "x^2 + 1"),
+        ("the answer is 2.5.\nLet me double-check: 5/2 = 2.5 indeed, 3 ways.", "2.5"),
+        ("The answer is 42 apples", "42 apples"),
+        ("First the answer is 3... no, the answer is 7. Check: 7 - 4 = 3", "7"),  # the last phrase
+        ("The final answer is 4 but the answer is 5", "5"),  # "the answer is" before "final answer is"
+        ("The answer is \\boxed{6}, not 7", "6"),  # \boxed{} first
+        ("\\boxed{8}. The answer is 9.", "8"),
+        ("It costs 12 dollars, 3 each", "3"),  # no phrase, no box: the last number
+        ("The total is $1\\,000\\,000$.", "1000000"),  # the last number, separators joined
+        ("\\boxed{1\\,000\\,000}", "1000000"),
+        ("about 1{,}000 of them", "1000"),
+        ("the answer is", None),
+        ("nothing here", None),
+    ],
+)
+def test_qwen25_math_extraction_order(text: str, expected: str | None) -> None:
+    assert qwen25_math_answer(text) == expected
+
+
+def test_thousands_separators_are_joined_only_between_digit_groups() -> None:
+    assert join_thousands("1\\,000\\,000 and 10{,}000 and 2~500 and 3\\;141") == "1000000 and 10000 and 2500 and 3141"
+    assert join_thousands("x\\,000, 1\\,00, 1\\,0000, a{,}b") == "x\\,000, 1\\,00, 1\\,0000, a{,}b"
+    assert last_number("total: 1\\,250\\,000") == "1250000"
+
+
+@pytest.mark.parametrize(
+    ("reference", "output", "extracted"),
+    [
+        ("\\frac{1}{2}", "Each gets half. The answer is $\\frac{1}{2}$.", "\\frac{1}{2}"),
+        ("0.5", "So the final answer is: $\\dfrac{1}{2}$", "\\dfrac{1}{2}"),
+        ("1000000", "\\boxed{1\\,000\\,000}", "1000000"),
+        ("1\\,000\\,000", "\\boxed{1000000}", "1000000"),  # the reference's separators too
+        ("10{,}000", "The answer is $10\\,000$.", "10000"),
+        ("1000", "She saved $1{,}000$ in total.", "1000"),
+    ],
+)
+def test_math_grades_answers_in_words_and_thousands_separators(reference: str, output: str, extracted: str) -> None:
+    assert _grade("math", {}, reference, output) == (1.0, extracted)
+
+
+def test_math_answer_in_words_is_not_confused_with_the_last_number() -> None:
+    assert _grade("math", {}, "2", "The answer is $\\frac{1}{2}$.") == (0.0, "\\frac{1}{2}")
+    assert _grade("math", {}, "100", "\\boxed{1\\,000}") == (0.0, "1000")  # 1*0*0 = 0 is not 100 either
