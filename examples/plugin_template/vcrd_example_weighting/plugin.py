@@ -1,10 +1,13 @@
-"""A third-party divergence and weighting rule, registered exactly as the built-in ones are.
+"""A third-party divergence, weighting rule and judge, registered exactly as the built-in ones are.
 
 ``hellinger``: the squared Hellinger distance ``H²(p, q) = 1 - Σ_v sqrt(p_v q_v)`` between the teacher's
 ``p`` and the student's ``q`` at one decision point (bounded, symmetric, zero iff ``p = q``).
 
 ``tempered_ratio``: ``w = (r_s / (r_t + ε))^γ`` — VCRD's ratio rule (paper Eq. 1) with its dynamic
 range compressed (γ < 1) or sharpened (γ > 1); ``γ = 1`` is ``ratio``.
+
+``no_repeat`` (in :mod:`vcrd_example_weighting.judge`): a token-scoring judge, ``r = repeat_score`` for a
+token that repeats one of the previous ``window`` tokens, else 1.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 import vcrd_core
+from vcrd_example_weighting.judge import NoRepeat
 
 #: The plugin API this plugin was written against; vcrd refuses the plugin if it provides another.
 VCRD_PLUGIN_API = 1
@@ -58,3 +62,8 @@ def vcrd_register_divergences() -> list[type[vcrd_core.Divergence]]:
 @vcrd_core.hookimpl
 def vcrd_register_weighting() -> list[type[vcrd_core.WeightingRule]]:
     return [TemperedRatio]
+
+
+@vcrd_core.hookimpl
+def vcrd_register_judges() -> list[type[vcrd_core.Judge]]:
+    return [NoRepeat]
