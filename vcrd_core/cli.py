@@ -1,5 +1,9 @@
 """``vcrd`` command line: one module per subcommand under :mod:`vcrd_core.commands`.
 
+Start-up is cheap: the parsers import nothing heavy, and a command's engine modules (torch, transformers,
+PEFT, pyarrow ...) are imported only when it runs, so ``vcrd --help``, ``vcrd --version`` and
+``vcrd COMMAND --help`` answer at once (BENCHMARKS.md, "CLI start-up").
+
 A user's mistake (:class:`vcrd_core.errors.VcrdError`) prints one line on stderr and exits 2, with no
 traceback; ``VCRD_DEBUG=1`` shows the traceback. SIGTERM (a scheduler's stop, ``kill``) is turned into an
 exception like Ctrl-C, so that a file being written atomically is removed, not left half-written beside its
@@ -17,6 +21,7 @@ import threading
 from collections.abc import Sequence
 
 from vcrd_core import __version__
+from vcrd_core.commands import load_handler
 from vcrd_core.errors import VcrdError
 
 #: Subcommand modules in ``vcrd --help`` order.
@@ -24,8 +29,7 @@ COMMANDS: tuple[str, ...] = ("plugins", "config", "rollouts", "score", "train", 
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    """The parser; when ``argv`` names a subcommand, only that command's module is imported (the others pull in
-    transformers' Trainer, PEFT, pyarrow ...: seconds of start-up that ``vcrd plugins`` need not pay)."""
+    """The parser; when ``argv`` names a subcommand, only that command's parser module is imported."""
     parser = argparse.ArgumentParser(
         prog="vcrd",
         description="Validity-Calibrated Reasoning Distillation: judge-weighted skew-KL distillation of LMs.",
@@ -56,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _terminate)  # a handler someone else installed stays
     try:
-        return int(args.func(args) or 0)
+        return int(load_handler(args.func)(args) or 0)
     except VcrdError as exc:
         if os.environ.get("VCRD_DEBUG"):
             raise

@@ -1,24 +1,43 @@
-"""CLI subcommands, one module each: ``add_parser(subparsers)`` registers it and sets ``func=run``;
-``run(args) -> int`` returns the exit code. The helpers here are the parts every command's parser shares."""
+"""CLI subcommands. Each command is two modules: ``<name>.py`` builds its parser and imports nothing heavier
+than argparse (``vcrd --help``, ``vcrd --version`` and ``vcrd <name> --help`` import only those), and
+``<name>_run.py`` holds what runs, with the engine's imports (torch, transformers, ...).
+
+``<name>.add_parser(subparsers)`` registers the command with ``func="vcrd_core.commands.<name>_run:<function>"``;
+the CLI imports that module only when the command runs (:func:`load_handler`), and ``<function>(args) -> int``
+returns the exit code. The helpers here are the parts every command's parser shares.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 from collections.abc import Callable
+
+#: What a command runs: ``handler(args) -> exit code``.
+Handler = Callable[[argparse.Namespace], int]
 
 
 def add_command(
     sub: argparse._SubParsersAction,
     name: str,
-    func: Callable[[argparse.Namespace], int],
+    func: str | Handler,
     *,
     help: str,
     description: str | None = None,
 ) -> argparse.ArgumentParser:
-    """Register the subcommand ``name``, which runs ``func(args)``; returns its parser for the arguments."""
+    """Register the subcommand ``name``, which runs ``func(args)``; ``func`` is a handler or, so that the
+    parser imports nothing heavy, its ``"module:function"`` name. Returns its parser for the arguments."""
     parser = sub.add_parser(name, help=help, description=description)
     parser.set_defaults(func=func)
     return parser
+
+
+def load_handler(func: str | Handler) -> Handler:
+    """The handler ``func`` names (``"module:function"``, imported now), or ``func`` itself."""
+    if callable(func):
+        return func
+    module, _, name = func.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, example: str) -> None:

@@ -1,30 +1,18 @@
-"""``vcrd rollouts CONFIG [--shard I/N] [--overwrite]``: generate the run's rollouts into its store."""
+"""``vcrd rollouts CONFIG [--shard I/N] [--overwrite]``: the parser (what runs:
+:mod:`vcrd_core.commands.rollouts_run`)."""
 
 from __future__ import annotations
 
 import argparse
 
-from rich.console import Console
-
 from vcrd_core.commands import add_command, add_config_arguments
-from vcrd_core.config.loader import load_config, validate_components
-from vcrd_core.rollouts.run import generate_rollouts, print_summary
-
-
-def _rollouts(args: argparse.Namespace) -> int:
-    config = load_config(args.file, args.set)
-    validate_components(config)
-    console = Console(stderr=True)
-    result = generate_rollouts(config, shard=args.shard, overwrite=args.overwrite, console=console)
-    print_summary(result.summary, Console())
-    return 0
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = add_command(
         sub,
         "rollouts",
-        _rollouts,
+        "vcrd_core.commands.rollouts_run:run",
         help="generate teacher and student rollouts into the run's rollout store (resumable, shardable)",
         description="Generate the teacher's and the student's rollouts of data.train into the rollout store "
         "(rollouts.store, default <output.dir>/rollouts): Parquet chunks written atomically, so a rerun "

@@ -1,26 +1,10 @@
-"""``vcrd train CONFIG`` (validity-weighted distillation) and ``vcrd sft CONFIG`` (cross-entropy on references)."""
+"""``vcrd train CONFIG`` and ``vcrd sft CONFIG``: the parsers (what runs: :mod:`vcrd_core.commands.train_run`)."""
 
 from __future__ import annotations
 
 import argparse
 
 from vcrd_core.commands import add_command, add_config_arguments
-from vcrd_core.config.loader import load_config
-from vcrd_core.training.run import run_train
-from vcrd_core.training.sft import run_sft
-
-
-def _train(args: argparse.Namespace) -> int:
-    summary = run_train(load_config(args.file, args.set), resume=args.resume, merge=args.merge)
-    print(f"trained {summary['global_step']} steps; adapter in {summary['final_dir']}")
-    return 0
-
-
-def _sft(args: argparse.Namespace) -> int:
-    config = load_config(args.file, args.set)
-    summary = run_sft(config, role=args.model, from_scratch=args.from_scratch, resume=args.resume, merge=args.merge)
-    print(f"fine-tuned {args.model} for {summary['global_step']} steps; model in {summary['final_dir']}")
-    return 0
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     train = add_command(
         sub,
         "train",
-        _train,
+        "vcrd_core.commands.train_run:train",
         help="validity-weighted distillation of the student (online or offline scoring)",
         description="Distill models.teacher into models.student on the rollout store's rollouts (transformers "
         "Trainer; launch with `accelerate launch` for several processes).",
@@ -42,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     sft = add_command(
         sub,
         "sft",
-        _sft,
+        "vcrd_core.commands.train_run:sft",
         help="supervised fine-tuning on reference responses (cross-entropy)",
         description="Fine-tune models.<role> on data.train's reference responses (data.response_field).",
     )
