@@ -10,7 +10,7 @@ RUN = "vcrd_core.commands.config_run"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("config", help="validate, show or export the schema of run configs")
+    parser = sub.add_parser("config", help="validate, check, show or export the schema of run configs")
     csub = parser.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
     v = add_command(
         csub,
@@ -24,9 +24,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         csub,
         "check",
         f"{RUN}:check",
-        help="the run-time checks: paths exist, tokenizers agree, judge checkpoints (no model weights loaded)",
-        description="Validate, then check what the config names on disk: model directories, the shared tokenizer, "
-        "prompt files, judge checkpoints and the output directory. Loads tokenizers, never model weights.",
+        help="the run-time checks: paths exist, tokenizers agree, prompt files parse, judge checkpoints "
+        "(no model weights loaded)",
+        description="Validate, then check what the config names on disk and report every problem found, one line "
+        "each, most fundamental first: the config itself, model directories and the shared tokenizer, the prompt "
+        "files (data.train, data.eval: read and tokenized as a run reads them), judge checkpoints, the accelerate "
+        "config, and last the output directory. Loads tokenizers, never model weights. Exits 2 if anything is "
+        "wrong.",
     )
     add_config_arguments(c, "objective.teacher_prefix.lambda=2")
     s = add_command(csub, "show", f"{RUN}:show", help="print the resolved config with every default filled in")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import yaml
@@ -12,7 +13,7 @@ import yaml
 from vcrd_core.config.loader import load_config, resolved_dict, validate_components
 from vcrd_core.config.schema import config_schema
 from vcrd_core.errors import VcrdError
-from vcrd_core.runs.preflight import preflight
+from vcrd_core.runs.preflight import check_all
 
 
 def validate(args: argparse.Namespace) -> int:
@@ -23,9 +24,24 @@ def validate(args: argparse.Namespace) -> int:
 
 
 def check(args: argparse.Namespace) -> int:
-    config = load_config(args.file, args.set)
-    found = preflight(config)
-    print(f"{args.file}: ready to run (shared tokenizer, {found.vocab_size} ids; paths and judges checked)")
+    """Every problem :func:`~vcrd_core.runs.preflight.check_all` finds, one ``error:`` line each on stderr
+    (exit 2), or one "ready to run" line. An invalid config is the one problem reported alone (``load_config``
+    raises it): nothing else can be checked without it."""
+    config = load_config(args.file, args.set)  # both validation phases
+    found = check_all(config)
+    for problem in found.problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if found.problems or found.preflight is None:
+        return 2
+    prompts = "; ".join(
+        f"{where}: {len(p.prompts)} prompts"
+        + (f" ({len(p.dropped)} over max_prompt_length dropped)" if p.dropped else "")
+        for where, p in found.prompts.items()
+    )
+    print(
+        f"{args.file}: ready to run (shared tokenizer, {found.preflight.vocab_size} ids; {prompts}; models, judges "
+        "and output directory checked)"
+    )
     return 0
 
 

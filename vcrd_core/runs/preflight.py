@@ -5,17 +5,22 @@ the tokenizer (teacher and student must share one: DESIGN.md §2.6), prompt file
 checkpoints (through :meth:`vcrd_core.Judge.check`), the accelerate config and the output directory (an
 existing run is never overwritten unless ``output.overwrite`` says so). Each failure is one
 :class:`~vcrd_core.errors.ConfigError` at the YAML path that named the thing.
+
+:func:`check_all` (``vcrd config check``) collects every problem, most fundamental first: models and the
+tokenizer, then the prompt files (read and tokenized exactly as a run reads them), judges, the accelerate
+config, and last the output directory. A check that needs what failed before it (the judges need the
+tokenizer) is skipped rather than reported twice. :func:`preflight` (every run's start) raises the first.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vcrd_core.config.models import RunConfig
-from vcrd_core.data.prompts import check_source
+from vcrd_core.config.models import DataConfig, RunConfig
+from vcrd_core.data.prompts import PromptSet, check_fields, check_source, load_prompts, load_rows
 from vcrd_core.errors import ConfigError, VcrdError
 from vcrd_core.judging.judge import Judge, JudgeContext
 from vcrd_core.plugins.registry import create
@@ -128,35 +133,106 @@ def _judges(config: RunConfig) -> dict[str, Judge]:
     return found  # type: ignore[return-value]
 
 
-def preflight(config: RunConfig) -> Preflight:
-    """Every run-time check, cheapest first; loads tokenizers and checkpoint headers, never model weights."""
-    out = Path(config.output.dir)
-    if out.exists() and any((out / m).exists() for m in RUN_MARKERS) and not config.output.overwrite:
-        raise ConfigError(
-            "output.dir",
-            f"'{out}' already holds a run; choose another directory or set output.overwrite: true",
-        )
-    if out.exists() and not out.is_dir():
-        raise ConfigError("output.dir", f"'{out}' exists and is not a directory")
-    if config.training.accelerate_config and not Path(config.training.accelerate_config).is_file():
-        raise ConfigError("training.accelerate_config", f"'{config.training.accelerate_config}' does not exist")
-    check_prompts(config.data.train, config.data.prompt_field, "data.train")
-    if config.data.eval:
-        check_prompts(config.data.eval, config.data.prompt_field, "data.eval")
-    teacher_dir = _model_dir(config.models.teacher.path, "models.teacher.path")
-    student_dir = _model_dir(config.models.student.path, "models.student.path")
-    tok_path = config.models.tokenizer or str(student_dir)
-    tokenizer = load_tokenizer(tok_path, "models.tokenizer" if config.models.tokenizer else "models.student.path")
-    for label, root in (("teacher", teacher_dir), ("student", student_dir)):
-        if any((root / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")) and str(root) != tok_path:
-            where = f"models.{label}.path"
-            check_same_vocabulary(tokenizer, load_tokenizer(str(root), where), label, where)
-    context = JudgeContext(tokenizer=tokenizer, vocab_size=len(tokenizer))
-    for path, judge in _judges(config).items():
+@dataclass
+class Check:
+    """What :func:`check_all` found: every problem, in the order checked, the shared tokenizer (``preflight``,
+    None when it could not be loaded) and the prompt files that were read in full, by YAML path."""
+
+    problems: list[ConfigError]
+    preflight: Preflight | None
+    prompts: dict[str, PromptSet] = field(default_factory=dict)
+
+
+def _as_config_error(exc: VcrdError, where: str) -> ConfigError:
+    return exc if isinstance(exc, ConfigError) else ConfigError(where, str(exc))
+
+
+def _read_prompts(path: str, data: DataConfig, tokenizer: Any, where: str) -> PromptSet | None:
+    """Every record of a prompt file: tokenized with ``data``'s template and lengths as a run reads it when the
+    tokenizer is there (:func:`~vcrd_core.data.prompts.load_prompts`), else read and its fields checked."""
+    if tokenizer is not None:
+        return load_prompts(path, data, tokenizer)
+    rows = load_rows(path)
+    if len(rows) == 0:
+        raise ConfigError(where, f"prompt file '{path}' holds no record")
+    check_fields(path, list(rows.column_names), data)
+    return None
+
+
+def check_all(config: RunConfig, *, read_prompts: bool = True) -> Check:
+    """Every run-time check, each problem collected (none stops the others), most fundamental first: model
+    directories and the tokenizer, the prompt files, the judges, the accelerate config, the output directory.
+
+    ``read_prompts``: read every record of ``data.train`` and ``data.eval`` (``vcrd config check``); otherwise
+    only the first record is checked (a run's start: the stage that uses the prompts reads them itself).
+    ``data.eval`` needs only ``data.prompt_field``. Loads tokenizers and checkpoint headers, never model weights.
+    """
+    problems: list[ConfigError] = []
+
+    def attempt(where: str, check: Any, *args: Any) -> Any:
         try:
-            judge.check(context)
-        except ConfigError:
-            raise
+            return check(*args)
         except VcrdError as exc:
-            raise ConfigError(path, str(exc)) from None
-    return Preflight(tokenizer=tokenizer, vocab_size=len(tokenizer))
+            problems.append(_as_config_error(exc, where))
+            return None
+
+    teacher_dir = attempt("models.teacher.path", _model_dir, config.models.teacher.path, "models.teacher.path")
+    student_dir = attempt("models.student.path", _model_dir, config.models.student.path, "models.student.path")
+    tokenizer = None
+    tok_where = "models.tokenizer" if config.models.tokenizer else "models.student.path"
+    tok_path = config.models.tokenizer or (str(student_dir) if student_dir is not None else None)
+    if tok_path is not None:
+        tokenizer = attempt(tok_where, load_tokenizer, tok_path, tok_where)
+    if tokenizer is not None:
+        for label, root in (("teacher", teacher_dir), ("student", student_dir)):
+            if root is None or str(root) == tok_path:
+                continue
+            if any((root / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
+                where = f"models.{label}.path"
+                own = attempt(where, load_tokenizer, str(root), where)
+                if own is not None:
+                    attempt(where, check_same_vocabulary, tokenizer, own, label, where)
+
+    prompts: dict[str, PromptSet] = {}
+    files = [("data.train", config.data.train, config.data)]
+    if config.data.eval:
+        only_prompts = config.data.model_copy(update={"answer_field": None, "tests_field": None, "num_prompts": None})
+        files.append(("data.eval", config.data.eval, only_prompts))
+    for where, path, data in files:
+        if not read_prompts:
+            attempt(where, check_prompts, path, data.prompt_field, where)
+            continue
+        found = attempt(where, _read_prompts, path, data, tokenizer, where)
+        if found is not None:
+            prompts[where] = found
+
+    if tokenizer is not None:
+        context = JudgeContext(tokenizer=tokenizer, vocab_size=len(tokenizer))
+        judges = attempt("judge", _judges, config) or {}
+        for path, judge in judges.items():
+            attempt(path, judge.check, context)
+    if config.training.accelerate_config and not Path(config.training.accelerate_config).is_file():
+        problems.append(
+            ConfigError("training.accelerate_config", f"'{config.training.accelerate_config}' does not exist")
+        )
+
+    out = Path(config.output.dir)
+    if out.exists() and not out.is_dir():
+        problems.append(ConfigError("output.dir", f"'{out}' exists and is not a directory"))
+    elif out.exists() and any((out / m).exists() for m in RUN_MARKERS) and not config.output.overwrite:
+        problems.append(
+            ConfigError(
+                "output.dir", f"'{out}' already holds a run; choose another directory or set output.overwrite: true"
+            )
+        )
+    found = Preflight(tokenizer=tokenizer, vocab_size=len(tokenizer)) if tokenizer is not None else None
+    return Check(problems=problems, preflight=found, prompts=prompts)
+
+
+def preflight(config: RunConfig) -> Preflight:
+    """Every run-time check (:func:`check_all`, the prompt files' first records only); raises the first problem."""
+    check = check_all(config, read_prompts=False)
+    if check.problems:
+        raise check.problems[0]
+    assert check.preflight is not None
+    return check.preflight

@@ -36,7 +36,7 @@ def run_files(tmp_path: Path) -> dict[str, Any]:
             "teacher": {"path": str(model_dir(tmp_path, "teacher"))},
             "student": {"path": str(model_dir(tmp_path, "student"))},
         },
-        "data": {"train": str(prompts)},
+        "data": {"train": str(prompts), "template": "plain"},  # the char tokenizer has no chat template
         "judge": {"name": "oracle"},
         "output": {"dir": str(tmp_path / "out")},
     }
