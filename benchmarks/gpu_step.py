@@ -517,14 +517,14 @@ def run_variant(
     costs["student"] = model_cost(student, lm_head=True)
     trainer = build_trainer(config, prepared, teacher=teacher, student=student)
     build_seconds = time.perf_counter() - t0
-    bodies = [getattr(sc.judge, "body", None) for sc in trainer.scoring.values()]
+    bodies = [getattr(s.judge, "body", None) for s in trainer.plan.streams.values()]
     body = next((b for b in bodies if b is not None), None)  # a PRM's transformer body (streams share the judge)
     counter, handle = None, None
     if body is not None:
         counter = JudgeCounter()
         handle = body.register_forward_pre_hook(counter.hook, with_kwargs=True)
         costs["judge"] = model_cost(body, lm_head=False)
-    metrics_file = Path(prepared["out"]) / "metrics.jsonl"
+    metrics_file = Path(prepared.out) / "metrics.jsonl"
     trainer.add_callback(step_callbacks(counter, metrics_file, total))
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     log(f"{name}: trainer built in {build_seconds:.1f} s ({trainable / 1e6:.1f} M trainable parameters)")

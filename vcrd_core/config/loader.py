@@ -23,10 +23,10 @@ import yaml
 from pydantic import ValidationError
 
 from vcrd_core.config.models import RunConfig
-from vcrd_core.config.validation import Step, join_path, to_config_error, walk_model
 from vcrd_core.errors import ConfigError, VcrdError
 from vcrd_core.plugins.component import Component, ComponentSpec, component_specs
 from vcrd_core.plugins.registry import create
+from vcrd_core.plugins.validation import Step, join_path, to_config_error, walk_model
 
 SETS = "--set"
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vcrd_core.data.examples import Example
 from vcrd_core.errors import ConfigError, VcrdError
 
 #: Qwen2.5-Math's chain-of-thought system prompt (the format the paper evaluates with).
@@ -68,6 +69,11 @@ class Prompt:
     token_ids: list[int]
     answer: Any = None
     tests: Any = None
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    def example(self) -> Example:
+        """What judges and later stages see of this prompt (:class:`~vcrd_core.data.examples.Example`)."""
+        return Example(str(self.index), self.text, self.answer, self.tests, self.fields)
 
 
 @dataclass
@@ -208,6 +214,7 @@ def load_prompts(path: str | Path, data: Any, tokenizer: Any) -> PromptSet:
     lines = _json_line_numbers(Path(path)) if kind == "json" and Path(path).is_file() else None
     prompts: list[Prompt] = []
     dropped: list[int] = []
+    used = {data.prompt_field, data.answer_field, data.tests_field}
     for i, row in enumerate(rows):
         text = row[data.prompt_field]
         if not isinstance(text, str):
@@ -234,6 +241,7 @@ def load_prompts(path: str | Path, data: Any, tokenizer: Any) -> PromptSet:
                 token_ids=ids,
                 answer=row[data.answer_field] if data.answer_field else None,
                 tests=row[data.tests_field] if data.tests_field else None,
+                fields={k: v for k, v in row.items() if k not in used},
             )
         )
     if not prompts:

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from vcrd_core.data.prompts import load_rows
 from vcrd_core.errors import VcrdError
 from vcrd_core.plugins.component import Component
+from vcrd_core.plugins.kinds import EVALUATORS
 
 Template = Literal["chat", "qwen25_math_cot", "plain"]
 
@@ -110,6 +111,8 @@ def read_dataset(dataset: EvalDataset, required: Sequence[str] = ()) -> list[Eva
 class Evaluator(Component):
     """Base of evaluators. Subclasses set ``template`` and implement :meth:`grade` (or :meth:`score` for a
     whole batch at once, e.g. in parallel); :meth:`load_items` reads ``params.datasets`` by default."""
+
+    kind: ClassVar[str] = EVALUATORS
 
     #: The prompt template used unless ``params.template`` says otherwise.
     template: ClassVar[Template] = "chat"

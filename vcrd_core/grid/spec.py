@@ -60,9 +60,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from vcrd_core.config.loader import apply_set, load_raw, resolved_dict, validate
 from vcrd_core.config.models import RunConfig
-from vcrd_core.config.validation import first_error
 from vcrd_core.errors import ConfigError, VcrdError
 from vcrd_core.evaluation.run import make_evaluators, metric_names
+from vcrd_core.plugins.validation import first_error
 
 #: Stages built into ``vcrd grid`` (any other stage is ``module:function``).
 BUILTIN_STAGES = ("rollouts", "score", "train", "eval")

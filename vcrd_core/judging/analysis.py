@@ -6,13 +6,13 @@ At every decision point the validity ratio is (DESIGN.md §1.3, paper §3.2 belo
 
     \\rho_t = \\frac{r(c_t, a^S_t)}{r(c_t, a^T_t) + \\varepsilon}, \\qquad \\varepsilon = 10^{-8},
 
-with :math:`\\rho_t = 1` exactly where both proposals are the same token (parity by definition). With
-a parity tolerance :math:`\\tau` a point is an *attenuation* point if :math:`\\rho_t < 1 - \\tau`, a
-*parity* point if :math:`|\\rho_t - 1| \\le \\tau` and an *amplification* point if
-:math:`\\rho_t > 1 + \\tau`. The paper's Fig. 1 reports the share of decision points where the student's
-proposal scores at least as high as the teacher's, :math:`r_s \\ge r_t` (28.8% for Qwen2.5-Math
-1.5B vs 7B-Instruct); that share compares the raw scores, so that ``ε`` does not push ties
-(``r_s = r_t``, common with a soft rule-based judge) just below 1.
+with :math:`\\rho_t = 1` exactly where both proposals are the same token (parity by definition). With a parity
+tolerance :math:`\\tau` (:mod:`vcrd_core.regimes`, default 0.05) a point is an *attenuation* point if
+:math:`\\rho_t < 1 - \\tau`, a *parity* point if :math:`|\\rho_t - 1| \\le \\tau` and an *amplification* point
+if :math:`\\rho_t > 1 + \\tau`. The paper's Fig. 1 reports the share of decision points where the student's
+proposal scores at least as high as the teacher's, :math:`r_s \\ge r_t` (28.8% for Qwen2.5-Math 1.5B vs
+7B-Instruct); that share compares the raw scores, so that ``ε`` does not push ties (``r_s = r_t``, common with
+a soft rule-based judge) just below 1.
 
 :func:`validity_stats` computes the numbers, :func:`plot_validity_histogram` draws a Fig.-1-like
 histogram of :math:`\\log_{10} \\rho_t`, one panel per stream.
@@ -32,10 +32,10 @@ import numpy as np
 from vcrd_core.decision_points import Stream
 from vcrd_core.errors import VcrdError
 from vcrd_core.judging.score_records import ScoreRecord
+from vcrd_core.regimes import DEFAULT_PARITY_TOL, check_parity_tol, regime_masks
 
 #: ``ε`` of the ratio (DESIGN.md §1.3).
 EPS: float = 1e-8
-DEFAULT_PARITY_TOL: float = 0.05
 #: Quantiles of the ratio reported per stream.
 QUANTILES: tuple[float, ...] = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
 #: Name of the pooled "stream" in the statistics.
@@ -117,14 +117,15 @@ def _stream_stats(name: str, records: Sequence[ScoreRecord], tol: float, eps: fl
     if all(r.weights is not None for r in records):
         weights = np.concatenate([np.asarray(r.weights, dtype=np.float64) for r in records])
         weight_q, mean_w = _quantiles(weights), float(weights.mean())
+    regimes = regime_masks(ratio, tol)
     return StreamStats(
         stream=name,
         n_records=len(records),
         n_points=n_points,
         n_same_token=int(same.sum()),
-        share_attenuation=float(np.mean(ratio < 1.0 - tol)),
-        share_parity=float(np.mean(np.abs(ratio - 1.0) <= tol)),
-        share_amplification=float(np.mean(ratio > 1.0 + tol)),
+        share_attenuation=float(np.mean(regimes["attenuation"])),
+        share_parity=float(np.mean(regimes["parity"])),
+        share_amplification=float(np.mean(regimes["amplification"])),
         share_student_at_least_teacher=float(np.mean(same | (r_s >= r_t))),
         mean_r_s=float(r_s.mean()),
         mean_r_t=float(r_t.mean()),
@@ -132,13 +133,6 @@ def _stream_stats(name: str, records: Sequence[ScoreRecord], tol: float, eps: fl
         weight_quantiles=weight_q,
         mean_weight=mean_w,
     )
-
-
-def check_parity_tol(parity_tol: float) -> float:
-    """Refuse a tolerance outside (0, 1): ``1 - τ`` must stay a positive ratio."""
-    if not (isinstance(parity_tol, (int, float)) and 0.0 < parity_tol <= 0.5):
-        raise VcrdError(f"parity tolerance must lie in (0, 0.5] (e.g. 0.05 for ±5%), got {parity_tol!r}")
-    return float(parity_tol)
 
 
 def validity_stats(

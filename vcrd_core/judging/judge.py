@@ -16,14 +16,17 @@ loads nothing; :meth:`Judge.load` receives the run-time context.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
+from vcrd_core.data.examples import Example
 from vcrd_core.decision_points import DecisionPoints, Stream
 from vcrd_core.errors import VcrdError
 from vcrd_core.plugins.component import Component
+from vcrd_core.plugins.kinds import JUDGES
 
 
 class Need(str, enum.Enum):
@@ -53,7 +56,9 @@ class JudgeRequest:
     the other model's proposal and the student's greedy token *at* decision point ``t`` (proposed from
     the prefix ``y_{<t}``). ``teacher_logits`` is the teacher's unshifted output ``[B, L, V]``: read it
     through ``points.logits_at`` (row ``t-1``). ``prompt_lengths`` ``[B]`` counts the prompt tokens after
-    any left padding.
+    any left padding. ``examples[b]`` is the :class:`~vcrd_core.data.examples.Example` sequence ``b`` was
+    generated for (its prompt text, reference answer, tests and other dataset fields; None where unknown, e.g.
+    a store written before examples were kept); the training step and ``vcrd score`` always pass it.
     """
 
     stream: Stream
@@ -64,6 +69,7 @@ class JudgeRequest:
     student_greedy: torch.Tensor | None = None
     teacher_logits: torch.Tensor | None = None
     prompt_lengths: torch.Tensor | None = None
+    examples: Sequence[Example | None] | None = None
 
 
 @dataclass
@@ -77,6 +83,8 @@ class JudgeScores:
 class Judge(Component):
     """Base of judges. Subclasses set ``needs`` and implement :meth:`score` (or, for judges that
     score token ids, :class:`TokenJudge`'s :meth:`TokenJudge.score_positions`)."""
+
+    kind: ClassVar[str] = JUDGES
 
     needs: ClassVar[frozenset[Need]] = frozenset({Need.TOKEN_IDS})
     #: Whether ``r_t`` scores the teacher's proposed token, so that where both proposals are the same

@@ -25,9 +25,9 @@ from typing import Annotated
 import torch
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
 
-from vcrd_core.config.validation import first_error
 from vcrd_core.decision_points import DecisionPoints, Stream
 from vcrd_core.errors import VcrdError
+from vcrd_core.plugins.validation import first_error
 from vcrd_core.runs.atomic import atomic_writer
 
 #: A judge score: a number (not a bool, not a string) in [0, 1], never NaN.

@@ -21,16 +21,18 @@ A rule that reads no score (``constant``) needs no judge: nothing is proposed or
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
+from vcrd_core.data.examples import Example
 from vcrd_core.decision_points import DecisionPoints, Stream
 from vcrd_core.errors import VcrdError
 from vcrd_core.judging.judge import Judge, JudgeRequest, Need, RowJudge, checked_scores
 from vcrd_core.losses.fused_linear import RowChunk, RowExtras
-from vcrd_core.losses.weighting import WeightingRule
+from vcrd_core.losses.weighting import WeightingRule, check_weight_counts, invalid_weight_counts
 
 ProposalMode = Literal["sample", "greedy"]
 
@@ -110,6 +112,20 @@ def propose_at(
     return points.scatter(out)
 
 
+def logits_needed(stream: Stream | str, judge: Judge | None, rule: WeightingRule) -> tuple[bool, bool]:
+    """Which logits :func:`score_batch` reads for ``stream``, as ``(teacher, student)``: the other model's when the
+    judge scores proposals (``Need.TOKEN_IDS``), the teacher's when it reads teacher logits, the student's when it
+    reads the student's greedy tokens; none for a rule that reads no score. The one mapping from what a judge
+    needs to what a caller must provide."""
+    if judge is None or not rule.uses_scores():
+        return False, False
+    needs = judge.needs
+    teacher_prefix = Stream(stream) is Stream.TEACHER_PREFIX
+    teacher = Need.TEACHER_LOGITS in needs or (Need.TOKEN_IDS in needs and not teacher_prefix)
+    student = Need.STUDENT_GREEDY in needs or (Need.TOKEN_IDS in needs and teacher_prefix)
+    return teacher, student
+
+
 @dataclass
 class ScoredBatch:
     """What scoring produced for one stream's batch; every tensor ``[B, L]``, meaningful at the points.
@@ -146,6 +162,7 @@ def score_batch(
     vocab_size: int | None = None,
     prompt_lengths: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    examples: Sequence[Example | None] | None = None,
 ) -> ScoredBatch:
     """Proposals, scores and weights of one stream's batch (see the module docstring).
 
@@ -153,6 +170,8 @@ def score_batch(
     batch (no gradient is needed or kept); the other model's logits are required when the judge reads
     proposals, the student's when it reads the student's greedy tokens, the teacher's when it reads
     teacher logits. ``proposal``, ``temperature`` and ``top_p`` say how the other model proposes.
+    ``prompt_lengths`` and ``examples`` (each sequence's :class:`~vcrd_core.data.examples.Example`) reach the
+    judge unchanged through :class:`~vcrd_core.judging.judge.JudgeRequest`.
     """
     stream = Stream(stream)
     where = f"scoring ({stream.value} stream)"
@@ -199,6 +218,7 @@ def score_batch(
             student_greedy=student_greedy,
             teacher_logits=None if teacher_logits is None else teacher_logits.detach(),
             prompt_lengths=prompt_lengths,
+            examples=examples,
         )
         scores = checked_scores(judge, request)
         if proposals is not None and judge.parity_on_same_token:
@@ -273,5 +293,8 @@ class RowWeights:
                             "refusing to turn them into weights")  # fmt: skip
         if outside:
             raise VcrdError(f"{where}: score_rows returned scores outside [0, 1] at {outside} decision points")
-        self.rule._check(torch.cat(self._weights))
+        weights = torch.cat(self._weights)
+        check_weight_counts(
+            invalid_weight_counts(weights).tolist(), weights.numel(), f"weighting rule '{self.rule.name}' returned"
+        )
         self._weights = []

@@ -20,24 +20,20 @@ computed in float32 whatever the logits' dtype (paper Eq. 2 for SKL/SRKL).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch.autograd.function import once_differentiable
 
 from vcrd_core.errors import VcrdError
-from vcrd_core.losses.inputs import FlatRows, check_rows, check_temperature_and_chunk_size, checked_vocab
-
-if TYPE_CHECKING:
-    from vcrd_core.losses.divergence import Divergence
-
-#: Elements of one default ``[chunk, V]`` float32 block (128 MiB): 220 rows at V = 151,936.
-DEFAULT_BLOCK_ELEMENTS = 2**25
-
-
-def default_chunk_size(vocab_size: int) -> int:
-    """Rows per chunk so that one ``[chunk, V]`` float32 block stays near :data:`DEFAULT_BLOCK_ELEMENTS`."""
-    return max(1, DEFAULT_BLOCK_ELEMENTS // max(1, vocab_size))
+from vcrd_core.losses.inputs import (
+    DivergenceValue,
+    FlatRows,
+    check_rows,
+    check_temperature_and_chunk_size,
+    checked_vocab,
+    default_chunk_size,
+)
 
 
 def _check_inputs(
@@ -75,7 +71,7 @@ def _check_inputs(
 
 
 def _chunk_values(
-    divergence: Divergence,
+    divergence: DivergenceValue,
     teacher_chunk: torch.Tensor,
     student_chunk: torch.Tensor,
     temperature: float,
@@ -106,7 +102,7 @@ class _ChunkedDivergenceFunction(torch.autograd.Function):
         ctx: Any,
         student_logits: torch.Tensor,
         teacher_logits: torch.Tensor,
-        divergence: Divergence,
+        divergence: DivergenceValue,
         rows: torch.Tensor,
         all_rows: bool,
         vocab: int,
@@ -165,7 +161,7 @@ class _ChunkedDivergenceFunction(torch.autograd.Function):
 
 
 def chunked_divergence(
-    divergence: Divergence,
+    divergence: DivergenceValue,
     teacher_logits: torch.Tensor,
     student_logits: torch.Tensor,
     *,

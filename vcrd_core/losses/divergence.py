@@ -1,19 +1,26 @@
 """The divergence base class: a plugin states its value on one chunk of float32 log-probabilities.
 
 The core owns log-softmax, temperature, vocabulary slicing, chunking and gradients
-(:mod:`vcrd_core.losses.chunked`); a plugin implements only :meth:`Divergence.value`.
+(:mod:`vcrd_core.losses.chunked`); a plugin implements only :meth:`Divergence.value`. The dependency goes one
+way: this base class calls the engine, and the engines read a divergence only through
+:class:`vcrd_core.losses.inputs.DivergenceValue` (a protocol), never importing this module.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import torch
 
 from vcrd_core.losses.chunked import chunked_divergence
 from vcrd_core.plugins.component import Component
+from vcrd_core.plugins.kinds import DIVERGENCES
 
 
 class Divergence(Component):
     """Base of divergences ``D(p, q)`` between teacher ``p`` and student ``q`` at one decision point."""
+
+    kind: ClassVar[str] = DIVERGENCES
 
     def value(self, teacher_logp: torch.Tensor, student_logp: torch.Tensor) -> torch.Tensor:
         """``D`` per row of ``[n, V]`` float32 log-probabilities -> ``[n]`` (differentiable in ``student_logp``)."""

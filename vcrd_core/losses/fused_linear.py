@@ -44,22 +44,18 @@ plain autograd through bf16 logits would do); the weight gradient is accumulated
 dtype (one rounding per chunk for bf16, as Liger-Kernel does) and cast to the weight's dtype at the end, the
 bias gradient in float32. Autocast itself is disabled inside.
 
-The same pass can also give, per row, what the rest of a VCRD step needs from these logits (opt-in
-through ``want=RowExtras(...)``; the plain loss path computes none of it): the student's greedy token
-(argmax over the real ids), a token sampled from the student at ``(temperature, top_p)`` with a
-:class:`torch.Generator`, and the ``teacher_likelihood`` judge's two scores at the teacher's own
-temperature: ``r_s = p(token)`` (for given ids, default: the student's greedy token of the same row)
-and ``r_t = Σ_{top-k} p²`` (``k = min(top_k, V)``, clamped to 1 like the judge's ``_score_rows``).
+The same pass can also hand, per row, what a weight needs from these logits (opt-in through
+``want=RowExtras(...)``; the plain loss path computes none of it): the student's greedy token (argmax over the
+real ids) and the chunk's teacher logits.
 
 How to use from the objective (one stream; ``decision_mask`` ``[B, L]``, weights ``w`` ``[B, L]``)::
 
     seq_idx, pos_idx = decision_mask.nonzero(as_tuple=True)
     rows = seq_idx * L + (pos_idx - 1)          # logits row t-1 for decision point t
-    coeff, count = row_coefficients(w[seq_idx, pos_idx], seq_idx, reduction)   # reduction: the objective's
+    coeff, count = row_coefficients(w[seq_idx, pos_idx], seq_idx, reduction)   # vcrd_core.losses.reduction
     out = fused_linear_divergence(
         divergence, student_hidden, student_lm_head.weight, teacher_hidden, teacher_lm_head.weight,
         rows=rows, weights=coeff, vocab_size=tokenizer_vocab, temperature=τ,
-        want=RowExtras(student_greedy=True, teacher_token_prob=True, teacher_topk_sq=True),  # if the judge runs
     )
     loss_sum = out.loss          # == the objective's StreamOutput.loss_sum; count == its count
     values = out.values          # detached D_n for logging / weight statistics
@@ -71,7 +67,7 @@ under PEFT ``model.get_base_model().model(...)``) so that no ``[B, L, V]`` logit
 matrix: its gradient lands on the one shared parameter). The teacher's hidden states come from a
 ``torch.no_grad()`` forward.
 
-Weights that depend on these logits (the ``teacher_likelihood`` judge's ``r_s``/``r_t`` feed the weighting
+Weights that depend on these logits (a :class:`~vcrd_core.RowJudge`'s ``r_s``/``r_t`` feed the weighting
 rule, which is elementwise) need no second pass: pass a callable as ``weights``. It is called once per chunk,
 after the chunk's extras and before its gradient, with a :class:`RowChunk` (the chunk's ``[start, stop)``
 slice of the selected rows and its extras), and returns the chunk's coefficients ``c_n`` ``[stop - start]``
@@ -79,91 +75,61 @@ slice of the selected rows and its extras), and returns the chunk's coefficients
 
     factor = row_coefficients(None, seq_idx, reduction)[0]         # 1 / n_b or 1: known before the pass
     def coefficients(chunk):
-        w = rule(chunk.teacher_token_prob, chunk.teacher_topk_sq)  # e.g. log_clamp: VCRD-Prob's w_t
-        return w * factor[chunk.start:chunk.stop]
+        r_s, r_t = judge.score_rows(chunk.teacher_logits, chunk.student_greedy)
+        return rule.weight(r_s, r_t) * factor[chunk.start:chunk.stop]
     out = fused_linear_divergence(..., weights=coefficients,
-                                  want=RowExtras(teacher_token_prob=True, teacher_topk_sq=True))
+                                  want=RowExtras(student_greedy=True, teacher_logits=True))
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch.autograd.function import once_differentiable
 
 from vcrd_core.errors import VcrdError
-from vcrd_core.losses.inputs import FlatRows, check_rows, check_temperature_and_chunk_size, checked_vocab, is_number
-
-if TYPE_CHECKING:
-    from vcrd_core.losses.divergence import Divergence
-
-#: Elements of one default ``[chunk, V]`` float32 block (128 MiB): 220 rows at V = 151,936.
-DEFAULT_BLOCK_ELEMENTS = 2**25
+from vcrd_core.losses.inputs import (
+    DivergenceValue,
+    FlatRows,
+    check_rows,
+    check_temperature_and_chunk_size,
+    checked_vocab,
+    default_chunk_size,
+)
 
 #: One chunk's divergence values from teacher and student logits (see :func:`_compiled_values`).
 _ValuesFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-#: The ``teacher_likelihood`` judge's default ``k`` (paper §10.4).
-DEFAULT_TOP_K = 128
-
 _WHERE = "fused_linear_divergence"
-
-
-def default_chunk_size(vocab_size: int) -> int:
-    """Rows per chunk so that one ``[chunk, V]`` float32 block stays near :data:`DEFAULT_BLOCK_ELEMENTS`."""
-    return max(1, DEFAULT_BLOCK_ELEMENTS // max(1, vocab_size))
 
 
 @dataclass(frozen=True)
 class RowExtras:
-    """What else to compute per row from the same logits (all off by default: the loss path pays nothing).
+    """What else the pass hands the ``weights`` callable per chunk, from the same logits (off by default: the loss
+    path pays nothing).
 
-    * ``student_greedy``: the student's argmax over the real ids ``[0, V)`` (int64 ``[n]``).
-    * ``student_sample``: a token drawn from ``softmax(z[:V] / sample_temperature)`` restricted to the
-      smallest set of most likely tokens whose mass reaches ``top_p`` (nucleus sampling; ``top_p = 1``:
-      the full distribution; ``sample_temperature = 0``: the greedy token), drawn with ``generator``
-      (on the hidden states' device; default: torch's global generator). The draws depend on the chunk
-      size and the device, not only on the seed.
-    * ``teacher_token_prob``: the teacher's ``p(token)`` at ``judge_temperature`` for ``token_ids``
-      (int ``[n]`` in ``[0, V)``; default: the student's greedy token of the same row: the judge's ``r_s``).
-    * ``teacher_topk_sq``: ``Σ_{top-k} p²`` of the teacher at ``judge_temperature``,
-      ``k = min(top_k, V)``, clamped to ``≤ 1`` (the judge's ``r_t``).
-    * ``teacher_logits``: hand the chunk's teacher logits (float32 ``[stop - start, V]``, real ids only, before
-      any temperature) to the ``weights`` callable (:attr:`RowChunk.teacher_logits`; for a
-      :class:`vcrd_core.judging.judge.RowJudge`). They are not kept: nothing of them is returned.
+    * ``student_greedy``: the student's argmax over the real ids ``[0, V)`` (int64 ``[n]``; also returned in
+      :attr:`FusedLinearOutput.student_greedy`).
+    * ``teacher_logits``: the chunk's teacher logits (float32 ``[stop - start, V]``, real ids only, before any
+      temperature), for a :class:`vcrd_core.judging.judge.RowJudge`. They are not kept: nothing of them is returned.
     """
 
     student_greedy: bool = False
-    student_sample: bool = False
-    sample_temperature: float = 1.0
-    top_p: float = 1.0
-    generator: torch.Generator | None = None
-    teacher_token_prob: bool = False
-    token_ids: torch.Tensor | None = None
-    teacher_topk_sq: bool = False
-    top_k: int = DEFAULT_TOP_K
-    judge_temperature: float = 1.0
     teacher_logits: bool = False
 
 
 @dataclass
 class RowChunk:
-    """One chunk as a ``weights`` callable sees it: selected rows ``[start, stop)`` and their extras.
-
-    ``rows``: the chunk's flat row indices; the extras are those asked for through :class:`RowExtras`
-    (``None`` otherwise; ``student_greedy`` is also set when ``teacher_token_prob`` reads the greedy token).
-    """
+    """One chunk as a ``weights`` callable sees it: selected rows ``[start, stop)`` (``rows``: their flat row
+    indices) and the extras asked for through :class:`RowExtras` (``None`` otherwise)."""
 
     start: int
     stop: int
     rows: torch.Tensor
     student_greedy: torch.Tensor | None = None
-    student_sample: torch.Tensor | None = None
-    teacher_token_prob: torch.Tensor | None = None
-    teacher_topk_sq: torch.Tensor | None = None
     teacher_logits: torch.Tensor | None = None
 
 
@@ -173,58 +139,14 @@ class FusedLinearOutput:
 
     ``loss``: float32 scalar ``Σ_n c_n D_n``, differentiable w.r.t. the student hidden states, lm_head
     weight and bias (whichever require grad). ``values``: the detached float32 ``D_n``, ``[n]``.
-    ``coefficients``: the float32 ``c_n`` used (given, returned by a ``weights`` callable, or 1). The
-    other fields are ``None`` unless asked for through :class:`RowExtras`.
+    ``coefficients``: the float32 ``c_n`` used (given, returned by a ``weights`` callable, or 1).
+    ``student_greedy``: ``None`` unless asked for through :class:`RowExtras`.
     """
 
     loss: torch.Tensor
     values: torch.Tensor
     coefficients: torch.Tensor
     student_greedy: torch.Tensor | None = None
-    student_sample: torch.Tensor | None = None
-    teacher_token_prob: torch.Tensor | None = None
-    teacher_topk_sq: torch.Tensor | None = None
-
-
-def row_coefficients(
-    weights: torch.Tensor | None,
-    sequence_index: torch.Tensor,
-    reduction: str,
-) -> tuple[torch.Tensor, int]:
-    """Per-row coefficients ``c_n`` and the count such that ``Σ c_n D_n`` is the objective's ``loss_sum``.
-
-    ``sequence_index``: int ``[n]``, the sequence of each decision point; ``weights``: ``[n]`` (``None``: 1).
-    ``reduction`` (the objective's :class:`~vcrd_core.losses.objective.Reduction` value):
-
-    * ``sequence_mean``: ``c_n = w_n / n_b`` (``n_b``: decision points of row ``n``'s sequence),
-      count = sequences with at least one decision point;
-    * ``sequence_sum``: ``c_n = w_n``, the same count;
-    * ``token_mean``: ``c_n = w_n``, count = ``n``.
-    """
-    if not isinstance(sequence_index, torch.Tensor) or sequence_index.dim() != 1:
-        raise VcrdError("row_coefficients: sequence_index must be a 1-D integer tensor [n]")
-    n = sequence_index.numel()
-    if weights is None:
-        w = torch.ones(n, dtype=torch.float32, device=sequence_index.device)
-    else:
-        if not isinstance(weights, torch.Tensor) or weights.shape != (n,):
-            got = tuple(weights.shape) if isinstance(weights, torch.Tensor) else type(weights).__name__
-            raise VcrdError(f"row_coefficients: weights must be [n] = ({n},) like sequence_index, got {got}")
-        w = weights.detach().to(torch.float32, copy=True)  # never the caller's storage: it is scaled or reused
-    mode = getattr(reduction, "value", reduction)
-    if mode == "token_mean":
-        return w, n
-    if mode not in ("sequence_mean", "sequence_sum"):
-        raise VcrdError(
-            f"row_coefficients: reduction={reduction!r} is unknown; expected sequence_mean, sequence_sum or token_mean"
-        )
-    if n == 0:
-        return w, 0
-    seq = sequence_index.long()
-    _, inverse, counts = torch.unique(seq, return_inverse=True, return_counts=True)
-    if mode == "sequence_mean":
-        w = w / counts[inverse].to(w.dtype)
-    return w, int(counts.numel())
 
 
 def _check_matrix(what: str, hidden: object, weight: object, bias: object) -> tuple[int, int]:
@@ -253,36 +175,9 @@ def _check_matrix(what: str, hidden: object, weight: object, bias: object) -> tu
     return v, h
 
 
-def _check_extras(want: RowExtras, n: int, vocab: int, device: torch.device) -> None:
+def _check_extras(want: RowExtras) -> None:
     if not isinstance(want, RowExtras):
         raise VcrdError(f"{_WHERE}: want must be a RowExtras(...) or None, got {type(want).__name__}")
-    if want.student_sample:
-        if not (is_number(want.sample_temperature) and want.sample_temperature >= 0):
-            raise VcrdError(
-                f"{_WHERE}: RowExtras.sample_temperature={want.sample_temperature!r}; expected a number >= 0"
-            )
-        if not (is_number(want.top_p) and 0 < want.top_p <= 1):
-            raise VcrdError(f"{_WHERE}: RowExtras.top_p={want.top_p!r}; expected a number in (0, 1]")
-        if want.generator is not None and torch.device(want.generator.device).type != device.type:
-            raise VcrdError(
-                f"{_WHERE}: RowExtras.generator is on {want.generator.device} but the hidden states on {device}; "
-                "create it with torch.Generator(device=hidden.device)"
-            )
-    if want.teacher_token_prob or want.teacher_topk_sq:
-        if not (is_number(want.judge_temperature) and want.judge_temperature > 0):
-            raise VcrdError(f"{_WHERE}: RowExtras.judge_temperature={want.judge_temperature!r}; expected a number > 0")
-    if want.teacher_topk_sq and (isinstance(want.top_k, bool) or not isinstance(want.top_k, int) or want.top_k < 1):
-        raise VcrdError(f"{_WHERE}: RowExtras.top_k={want.top_k!r}; expected an int >= 1")
-    ids = want.token_ids
-    if want.teacher_token_prob and ids is not None:
-        if not isinstance(ids, torch.Tensor) or ids.shape != (n,) or ids.is_floating_point() or ids.is_complex():
-            got = tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__
-            raise VcrdError(f"{_WHERE}: RowExtras.token_ids must be an integer tensor [n] = ({n},), got {got}")
-        if n and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
-            raise VcrdError(
-                f"{_WHERE}: RowExtras.token_ids must lie in the real vocabulary [0, {vocab}); "
-                f"got values in [{int(ids.min())}, {int(ids.max())}]"
-            )
 
 
 #: The logits' width in the matmuls is rounded up to a multiple of this many lm_head rows (where the lm_head has
@@ -302,28 +197,11 @@ def _linear(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     return torch.addmm(bias.to(weight.dtype), hidden, weight.T)
 
 
-def _sample(logits: torch.Tensor, want: RowExtras) -> torch.Tensor:
-    """One draw per row of float32 ``[c, V]`` logits at ``(sample_temperature, top_p)``."""
-    if want.sample_temperature == 0:
-        return logits.argmax(-1)
-    probs = torch.softmax(logits / want.sample_temperature, dim=-1)
-    if want.top_p >= 1:
-        return torch.multinomial(probs, 1, generator=want.generator).squeeze(1)
-    sorted_p, order = probs.sort(dim=-1, descending=True)
-    del probs
-    # Drop a token when the more likely tokens before it already reach top_p (the first one always stays).
-    drop = (sorted_p.cumsum(-1) - sorted_p) >= want.top_p
-    sorted_p.masked_fill_(drop, 0.0)
-    del drop
-    choice = torch.multinomial(sorted_p, 1, generator=want.generator)
-    return order.gather(1, choice).squeeze(1)
-
-
 @dataclass
 class _Plan:
     """Everything of one call but the three differentiable inputs."""
 
-    divergence: Divergence
+    divergence: DivergenceValue
     teacher_hidden: torch.Tensor
     teacher_weight: torch.Tensor
     teacher_bias: torch.Tensor | None
@@ -364,12 +242,7 @@ def _run(
     s_rows, t_rows = FlatRows(student_hidden.detach()), FlatRows(plan.teacher_hidden)
 
     values = torch.empty(n, dtype=torch.float32, device=device)
-    want_greedy = want.student_greedy or (want.teacher_token_prob and want.token_ids is None)
-    greedy = torch.empty(n, dtype=torch.long, device=device) if want_greedy else None
-    sample = torch.empty(n, dtype=torch.long, device=device) if want.student_sample else None
-    token_prob = torch.empty(n, dtype=torch.float32, device=device) if want.teacher_token_prob else None
-    topk_sq = torch.empty(n, dtype=torch.float32, device=device) if want.teacher_topk_sq else None
-    token_ids = None if want.token_ids is None else want.token_ids.to(device).long()
+    greedy = torch.empty(n, dtype=torch.long, device=device) if want.student_greedy else None
 
     grad_h = grad_w = grad_b = None
     if need_h:  # contiguous [M, H_s] buffer: zeros at unselected rows
@@ -394,33 +267,14 @@ def _run(
             greedy[start:stop] = zs.argmax(-1)
         s32 = zs.float()
         del zs
-        if sample is not None:
-            sample[start:stop] = _sample(s32, want)
         t32 = zt.float()
         del zt
         with torch.set_grad_enabled(need_any):
             if need_any:
                 s32 = s32.detach().requires_grad_(True)
             teacher_logp = None
-            if plan.compiled is None or (
-                (token_prob is not None or topk_sq is not None) and want.judge_temperature == tau
-            ):
+            if plan.compiled is None:
                 teacher_logp = torch.log_softmax(t32 / tau if tau != 1.0 else t32, dim=-1)
-            if token_prob is not None or topk_sq is not None:
-                if want.judge_temperature == tau:
-                    assert teacher_logp is not None
-                    judge_logp = teacher_logp.detach()
-                else:
-                    judge_logp = torch.log_softmax(t32 / want.judge_temperature, dim=-1)
-                if token_prob is not None:
-                    ids = token_ids[start:stop] if token_ids is not None else greedy[start:stop]  # type: ignore[index]
-                    token_prob[start:stop] = judge_logp.gather(1, ids.unsqueeze(1)).squeeze(1).exp()
-                if topk_sq is not None:
-                    top = judge_logp.topk(min(want.top_k, vocab), dim=-1).values
-                    # p² as exp(2 log p): exact 0 for -inf logits; Σ p² ≤ 1 up to float32 rounding
-                    topk_sq[start:stop] = (2.0 * top).exp().sum(-1).clamp(max=1.0)
-                    del top
-                del judge_logp
             if plan.compiled is not None:  # log-softmaxes + divergence (and its backward) as fused kernels
                 student_logp = None
                 chunk_values = plan.compiled(t32, s32)
@@ -446,9 +300,6 @@ def _run(
                         stop,
                         r,
                         None if greedy is None else greedy[start:stop],
-                        None if sample is None else sample[start:stop],
-                        None if token_prob is None else token_prob[start:stop],
-                        None if topk_sq is None else topk_sq[start:stop],
                         t32 if want.teacher_logits else None,
                     ),
                 )
@@ -488,10 +339,7 @@ def _run(
         loss=loss,
         values=values,
         coefficients=plan.coefficients,
-        student_greedy=greedy if want.student_greedy else None,
-        student_sample=sample,
-        teacher_token_prob=token_prob,
-        teacher_topk_sq=topk_sq,
+        student_greedy=greedy,
     )
     if grad_b is not None:
         assert student_bias is not None
@@ -499,7 +347,7 @@ def _run(
     return out, (grad_h, grad_w, grad_b)
 
 
-def _compiled_values(divergence: Divergence, temperature: float) -> _ValuesFn:
+def _compiled_values(divergence: DivergenceValue, temperature: float) -> _ValuesFn:
     """``torch.compile`` of one chunk's ``divergence.value(log_softmax(t / τ), log_softmax(s / τ))`` (dynamic in
     the number of rows); autograd through it runs the compiled backward. Cached per divergence and ``τ``."""
     key = (id(divergence), temperature)
@@ -581,7 +429,7 @@ class _FusedLinearFunction(torch.autograd.Function):
 
 
 def fused_linear_divergence(
-    divergence: Divergence,
+    divergence: DivergenceValue,
     student_hidden: torch.Tensor,
     student_weight: torch.Tensor,
     teacher_hidden: torch.Tensor,
@@ -630,7 +478,7 @@ def fused_linear_divergence(
     reads ``rows`` (range) on the host: one device synchronisation.
     """
     if not callable(getattr(divergence, "value", None)):
-        raise VcrdError(f"{_WHERE}: divergence must be a vcrd_core.Divergence, got {type(divergence).__name__}")
+        raise VcrdError(f"{_WHERE}: divergence must be a vcrd_core.DivergenceValue, got {type(divergence).__name__}")
     v_s, _ = _check_matrix("student", student_hidden, student_weight, student_bias)
     v_t, _ = _check_matrix("teacher", teacher_hidden, teacher_weight, teacher_bias)
     if teacher_hidden.shape[:-1] != student_hidden.shape[:-1]:
@@ -669,7 +517,7 @@ def fused_linear_divergence(
             raise VcrdError(f"{_WHERE}: weights are on {weights.device} but student_hidden on {device}")
         coefficients = weights.detach().to(torch.float32)
     want = RowExtras() if want is None else want
-    _check_extras(want, n, vocab, device)
+    _check_extras(want)
 
     autocast = torch.is_autocast_enabled(device.type)
     plan = _Plan(

@@ -1,15 +1,33 @@
 """What the two memory-bounded divergence engines (:mod:`vcrd_core.losses.chunked` from logits,
-:mod:`vcrd_core.losses.fused_linear` from hidden states and lm_heads) share about their inputs: reading
-flat rows of a ``[..., D]`` tensor, and the checks of ``vocab_size``, ``temperature``, ``chunk_size`` and
-``rows``. Errors are one line each and start with the engine's name (``where``)."""
+:mod:`vcrd_core.losses.fused_linear` from hidden states and lm_heads) share about their inputs: what they call on
+a divergence (:class:`DivergenceValue`), the chunk-size budget (:func:`default_chunk_size`), reading flat rows of
+a ``[..., D]`` tensor, and the checks of ``vocab_size``, ``temperature``, ``chunk_size`` and ``rows``. Errors are
+one line each and start with the engine's name (``where``)."""
 
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import torch
 
 from vcrd_core.errors import VcrdError
+
+#: Elements of one default ``[chunk, V]`` float32 block (128 MiB): 220 rows at V = 151,936.
+DEFAULT_BLOCK_ELEMENTS = 2**25
+
+
+def default_chunk_size(vocab_size: int) -> int:
+    """Rows per chunk so that one ``[chunk, V]`` float32 block stays near :data:`DEFAULT_BLOCK_ELEMENTS`."""
+    return max(1, DEFAULT_BLOCK_ELEMENTS // max(1, vocab_size))
+
+
+class DivergenceValue(Protocol):
+    """What the engines read of a divergence (a :class:`vcrd_core.Divergence` plugin): ``D`` per row of ``[n, V]``
+    float32 log-probabilities, ``[n]``, differentiable in ``student_logp``. A protocol, so that the engines need not
+    import the plugin base class (which sits above them)."""
+
+    def value(self, teacher_logp: torch.Tensor, student_logp: torch.Tensor) -> torch.Tensor: ...
 
 
 class FlatRows:

@@ -17,7 +17,6 @@ it as a library: ``output.loss()`` for one batch, ``output.loss(counts=global_co
 
 from __future__ import annotations
 
-import enum
 import math
 import warnings
 from collections.abc import Callable, Mapping
@@ -30,8 +29,11 @@ from vcrd_core.decision_points import DecisionPoints, Stream
 from vcrd_core.errors import VcrdError
 from vcrd_core.losses.chunked import chunked_divergence
 from vcrd_core.losses.divergence import Divergence
-from vcrd_core.losses.fused_linear import RowChunk, RowExtras, fused_linear_divergence, row_coefficients
+from vcrd_core.losses.fused_linear import RowChunk, RowExtras, fused_linear_divergence
+from vcrd_core.losses.reduction import Reduction, row_coefficients
+from vcrd_core.losses.weighting import check_weight_counts, invalid_weight_counts
 from vcrd_core.plugins.registry import create
+from vcrd_core.regimes import DEFAULT_PARITY_TOL, REGIMES, check_parity_tol, regime_masks
 
 if TYPE_CHECKING:
     from vcrd_core.config.models import ObjectiveConfig
@@ -151,24 +153,6 @@ class HiddenStreamInputs:
         return self.points
 
 
-class Reduction(str, enum.Enum):
-    """How one stream's weighted divergences ``w_t D_t`` become a loss.
-
-    * ``sequence_mean`` (default; DistiLLM-2's code, with which Table 9's learning rate was tuned):
-      :math:`\\frac{1}{B'} \\sum_b \\frac{1}{n_b} \\sum_t w_{b,t} D_{b,t}`, ``n_b`` the number of
-      decision points of sequence ``b`` (*not* :math:`\\sum_t w_{b,t}`);
-    * ``sequence_sum`` (Eq. 3 and Alg. 1 literally): :math:`\\frac{1}{B'} \\sum_b \\sum_t w_{b,t} D_{b,t}`;
-    * ``token_mean``: :math:`\\frac{1}{N} \\sum_{b,t} w_{b,t} D_{b,t}` over the ``N`` decision points.
-
-    ``B'`` counts the sequences with at least one decision point: one without any contributes
-    nothing and is not counted.
-    """
-
-    SEQUENCE_MEAN = "sequence_mean"
-    SEQUENCE_SUM = "sequence_sum"
-    TOKEN_MEAN = "token_mean"
-
-
 @dataclass
 class StreamLoss:
     """One stream's term of Eq. 4: its divergence and its coefficient ``λ >= 0``."""
@@ -193,7 +177,8 @@ class StreamOutput:
     ``loss_sum``: the sum over counted sequences of the per-sequence value (``sequence_*``) or
     :math:`\\sum w D` (``token_mean``); ``count``: counted sequences, or decision points for
     ``token_mean``; ``num_points``: decision points; ``weight_stats``: min, p50, p90, p99, max, mean
-    and the shares of ``w < 1``, ``w = 1``, ``w > 1`` over the decision points.
+    and the shares of the regimes (``share_attenuation``, ``share_parity``, ``share_amplification``:
+    :mod:`vcrd_core.regimes`) over the decision points.
     """
 
     loss_sum: torch.Tensor
@@ -312,6 +297,7 @@ class VCRDObjective:
     of padded lm_heads are used) and ``chunk_size`` are passed to the chunked divergence. A stream
     whose largest weight exceeds ``weight_warn_max`` emits a :class:`VcrdWeightWarning` (None: never).
     ``compile``: ``torch.compile`` the fused-linear engine's per-chunk work (:class:`HiddenStreamInputs` only).
+    ``parity_tol``: the tolerance of the weights' regimes in the statistics (:mod:`vcrd_core.regimes`).
     """
 
     def __init__(
@@ -325,6 +311,7 @@ class VCRDObjective:
         chunk_size: int | None = None,
         weight_warn_max: float | None = 100.0,
         compile: bool = False,
+        parity_tol: float = DEFAULT_PARITY_TOL,
     ) -> None:
         self.losses: dict[str, StreamLoss] = {}
         for stream, loss in ((Stream.TEACHER_PREFIX, teacher_prefix), (Stream.STUDENT_PREFIX, student_prefix)):
@@ -356,6 +343,7 @@ class VCRDObjective:
         self.chunk_size = chunk_size
         self.weight_warn_max = weight_warn_max
         self.compile = bool(compile)
+        self.parity_tol = check_parity_tol(parity_tol)
 
     @classmethod
     def from_config(cls, config: ObjectiveConfig, *, vocab_size: int | None = None) -> VCRDObjective:
@@ -436,7 +424,7 @@ class VCRDObjective:
         if fused:
             assert isinstance(inputs, HiddenStreamInputs)
             # the reduction folded into per-point coefficients: loss_sum = sum_n c_n D_n (fused_linear's docstring)
-            coefficients, count = row_coefficients(weights, points.batch, self.reduction.value)
+            coefficients, count = row_coefficients(weights, points.batch, self.reduction)
             given: torch.Tensor | Callable[[RowChunk], torch.Tensor] = coefficients
             if deferred:
                 given = _DeferredWeights(inputs.weights, coefficients, weights, f"VCRDObjective ({name} stream)")  # type: ignore[arg-type]
@@ -469,17 +457,9 @@ class VCRDObjective:
             temperature=self.temperature,
             chunk_size=self.chunk_size,
         )
-        weighted = weights * values.to(torch.float32)
-        if self.reduction is Reduction.TOKEN_MEAN:
-            return StreamOutput(weighted.sum(), num_points, num_points, loss.lam, stats)
-        batch = points.shape[0]
-        per_seq = torch.zeros(batch, dtype=weighted.dtype, device=weighted.device).index_add(0, points.batch, weighted)
-        counts = points.counts
-        counted = counts > 0
-        if self.reduction is Reduction.SEQUENCE_MEAN:
-            per_seq = per_seq / counts.clamp_min(1).to(per_seq.dtype)
-        total = per_seq[counted].sum()
-        return StreamOutput(total, int(counted.sum()), num_points, loss.lam, stats)
+        # the same reduction as the fused engine's: loss_sum = sum_n c_n D_n (vcrd_core.losses.reduction)
+        coefficients, count = row_coefficients(weights, points.batch, self.reduction)
+        return StreamOutput((coefficients * values.to(torch.float32)).sum(), count, num_points, loss.lam, stats)
 
     def _check_hidden(self, name: str, inputs: HiddenStreamInputs) -> None:
         """Hidden states ``[B, L, H]`` of the points' batch and weights ``[B, L]``; the lm_heads' own shapes and the
@@ -524,33 +504,29 @@ class VCRDObjective:
             )
 
     def _weight_stats(self, name: str, weights: torch.Tensor) -> dict[str, float]:
-        """Quantiles, mean and shares of the weights; refuses invalid ones and warns above the maximum."""
+        """Quantiles, mean and the regimes' shares (:mod:`vcrd_core.regimes`, tolerance ``parity_tol``) of the
+        weights; refuses invalid ones (:func:`~vcrd_core.losses.weighting.check_weight_counts`) and warns above the
+        maximum."""
         if weights.numel() == 0:
             return {}
         w = weights.detach().to(torch.float64)
         ordered = torch.sort(w).values  # NaN sorts last; torch.quantile has a size limit, sorting does not
+        regimes = regime_masks(w, self.parity_tol)
         packed = torch.cat(
             [
                 ordered[:1],
                 torch.stack([_quantile(ordered, q) for _, q in WEIGHT_QUANTILES]),
                 ordered[-1:],
                 w.mean().reshape(1),
-                (w < 1).double().mean().reshape(1),
-                (w == 1).double().mean().reshape(1),
-                (w > 1).double().mean().reshape(1),
-                torch.isnan(w).sum().double().reshape(1),
+                *(regimes[r].double().mean().reshape(1) for r in REGIMES),
+                invalid_weight_counts(w).double(),
                 (w > (self.weight_warn_max or math.inf)).sum().double().reshape(1),
             ]
         ).tolist()  # one host sync per stream
-        names = ["min", *(n for n, _ in WEIGHT_QUANTILES), "max", "mean", "share_lt1", "share_eq1", "share_gt1"]
+        names = ["min", *(n for n, _ in WEIGHT_QUANTILES), "max", "mean", *(f"share_{r}" for r in REGIMES)]
         stats = dict(zip(names, packed[: len(names)], strict=True))
-        nan_count, above = int(packed[-2]), int(packed[-1])
-        if nan_count or stats["min"] < 0 or math.isinf(stats["max"]):
-            raise VcrdError(
-                f"VCRDObjective ({name} stream): weights at decision points must be finite and >= 0 "
-                f"(got min {stats['min']:.4g}, max {stats['max']:.4g}, {nan_count} NaN); "
-                f"compute them with a vcrd_core.WeightingRule"
-            )
+        invalid, above = packed[len(names) : len(names) + 3], int(packed[-1])
+        check_weight_counts([int(c) for c in invalid], w.numel(), f"VCRDObjective ({name} stream): got")
         if above:
             warnings.warn(
                 f"{name} stream: {above} of {w.numel()} weights exceed weight_warn_max={self.weight_warn_max:g} "

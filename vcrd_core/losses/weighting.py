@@ -7,10 +7,33 @@ the rule's :meth:`~WeightingRule.parity_weight` where both proposals are the sam
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
 from vcrd_core.errors import VcrdError
 from vcrd_core.plugins.component import Component
+from vcrd_core.plugins.kinds import WEIGHTING
+
+
+def invalid_weight_counts(w: torch.Tensor) -> torch.Tensor:
+    """How many of ``w`` are NaN, negative, and infinite (``+inf``): an int64 ``[3]`` on ``w``'s device (no host
+    synchronisation; callers pack it with what else they read back)."""
+    negative = w < 0
+    return torch.stack([torch.isnan(w).sum(), negative.sum(), (torch.isinf(w) & ~negative).sum()])
+
+
+def check_weight_counts(counts: list[int], total: int, who: str) -> None:
+    """The one check that weights are finite and ``>= 0``: refuse (one line naming ``who`` and the counts) when any
+    of :func:`invalid_weight_counts`' ``counts`` is not 0. Used by every rule call, the fused pass's in-pass weights
+    and the objective."""
+    if not any(counts):
+        return
+    parts = [f"{int(n)} {what}" for n, what in zip(counts, ("NaN", "negative", "infinite"), strict=True) if n]
+    raise VcrdError(
+        f"{who} {', '.join(parts)} weight(s) out of {total}; weights at decision points must be finite and >= 0 "
+        "(VCRD never reverses the direction of supervision)"
+    )
 
 
 class WeightingRule(Component):
@@ -21,6 +44,8 @@ class WeightingRule(Component):
     rule never needs to know which stream it weights. Weights scale the divergence of a decision
     point and are never differentiated (they are targets of calibration, not of learning).
     """
+
+    kind: ClassVar[str] = WEIGHTING
 
     def weight(self, r_student: torch.Tensor, r_teacher: torch.Tensor) -> torch.Tensor:
         """The rule's formula, elementwise on float32 scores (called under ``torch.no_grad()``)."""
@@ -102,19 +127,5 @@ class WeightingRule(Component):
                 w = torch.where(same_token.to(device=w.device, dtype=torch.bool), parity.expand(shape), w)
             if mask is not None:
                 w = torch.where(mask.to(device=w.device, dtype=torch.bool), w, torch.zeros_like(w))
-            self._check(w)
+            check_weight_counts(invalid_weight_counts(w).tolist(), w.numel(), f"weighting rule '{self.name}' returned")
         return w.detach()
-
-    def _check(self, w: torch.Tensor) -> None:
-        """Refuse negative, NaN and infinite weights with one line naming the rule and the counts."""
-        nan = torch.isnan(w)
-        negative = w < 0
-        infinite = torch.isinf(w) & ~negative
-        counts = torch.stack([nan.sum(), negative.sum(), infinite.sum()]).tolist()
-        if not any(counts):
-            return
-        parts = [f"{n} {what}" for n, what in zip(counts, ("NaN", "negative", "infinite"), strict=True) if n]
-        raise VcrdError(
-            f"weighting rule '{self.name}' returned {', '.join(parts)} weight(s) out of {w.numel()}; weights must be "
-            f"finite and >= 0 (VCRD never reverses the direction of supervision)"
-        )

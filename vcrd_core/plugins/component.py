@@ -7,8 +7,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-from vcrd_core.config.validation import join_path
 from vcrd_core.errors import PluginError
+from vcrd_core.plugins.validation import join_path
 
 
 class Component:
@@ -22,7 +22,7 @@ class Component:
     """
 
     name: ClassVar[str]
-    #: Set on each kind's base class by the table of kinds (:mod:`vcrd_core.plugins.kinds`).
+    #: Each kind's base class declares it (``Judge.kind = "judges"``; the table: :mod:`vcrd_core.plugins.kinds`).
     kind: ClassVar[str]
 
     class Params(BaseModel):

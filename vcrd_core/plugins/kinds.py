@@ -1,10 +1,11 @@
 """The one table of component kinds (hatch's ``ClassRegister`` per kind, declared once).
 
 A kind is a name (``divergences``), the singular noun messages use (``Unknown divergence 'fwd_kl'``),
-the base class every registered class must subclass, its registration hook ``vcrd_register_<name>``
-(specified in :mod:`vcrd_core.hookspecs`) and the ``{name, params}`` spec class that configs use for it.
-Everything else (registries, config validation, the JSON Schema, ``vcrd plugins``) is derived from
-:data:`KINDS`. Adding a kind is one row here and one hookspec.
+the base class every registered class must subclass (named here; the base class declares its kind,
+``kind = DIVERGENCES``, so that this table, at the bottom of the package layers, imports none of them), its
+registration hook ``vcrd_register_<name>`` (specified in :mod:`vcrd_core.hookspecs`) and the ``{name, params}``
+spec class that configs use for it. Everything else (registries, config validation, the JSON Schema,
+``vcrd plugins``) is derived from :data:`KINDS`. Adding a kind is one row here, one hookspec and the base class.
 """
 
 from __future__ import annotations
@@ -13,12 +14,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from vcrd_core.errors import PluginError
-from vcrd_core.evaluation.evaluator import Evaluator
-from vcrd_core.judging.judge import Judge
-from vcrd_core.losses.divergence import Divergence
-from vcrd_core.losses.weighting import WeightingRule
-from vcrd_core.plugins.component import Component, ComponentSpec
-from vcrd_core.rollouts.generator import Generator
+from vcrd_core.plugins.component import ComponentSpec
 
 DIVERGENCES: Final = "divergences"
 WEIGHTING: Final = "weighting"
@@ -33,7 +29,8 @@ class Kind:
 
     name: str
     singular: str
-    base: type[Component]
+    #: The public name of the base class (``vcrd_core.Judge``); the class itself declares ``kind = <name>``.
+    base: str
     spec: type[ComponentSpec]
 
     @property
@@ -42,11 +39,9 @@ class Kind:
         return f"vcrd_register_{self.name}"
 
 
-def _kind(name: str, singular: str, base: type[Component], spec_name: str) -> Kind:
+def _kind(name: str, singular: str, base: str, spec_name: str) -> Kind:
     spec = type(spec_name, (ComponentSpec,), {"__module__": __name__, "__doc__": f"A {singular}: {{name, params}}."})
     spec.kind = name  # nested specs (``clamp``'s ``inner``) are validated against this kind's registry
-    if base is not Component:
-        base.kind = name  # the kind of every instance, e.g. for provenance records
     return Kind(name, singular, base, spec)
 
 
@@ -54,11 +49,11 @@ def _kind(name: str, singular: str, base: type[Component], spec_name: str) -> Ki
 KINDS: Final[dict[str, Kind]] = {
     k.name: k
     for k in (
-        _kind(DIVERGENCES, "divergence", Divergence, "DivergenceSpec"),
-        _kind(WEIGHTING, "weighting rule", WeightingRule, "WeightingSpec"),
-        _kind(JUDGES, "judge", Judge, "JudgeSpec"),
-        _kind(EVALUATORS, "evaluator", Evaluator, "EvaluatorSpec"),
-        _kind(GENERATORS, "generator", Generator, "GeneratorSpec"),
+        _kind(DIVERGENCES, "divergence", "vcrd_core.Divergence", "DivergenceSpec"),
+        _kind(WEIGHTING, "weighting rule", "vcrd_core.WeightingRule", "WeightingSpec"),
+        _kind(JUDGES, "judge", "vcrd_core.Judge", "JudgeSpec"),
+        _kind(EVALUATORS, "evaluator", "vcrd_core.Evaluator", "EvaluatorSpec"),
+        _kind(GENERATORS, "generator", "vcrd_core.Generator", "GeneratorSpec"),
     )
 }
 

@@ -14,7 +14,6 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from vcrd_core.config.validation import join_path, to_config_error
 from vcrd_core.errors import ConfigError, ParamError, PluginError
 from vcrd_core.plugins.component import Component, component_specs
 from vcrd_core.plugins.kinds import KINDS, get_kind
@@ -28,6 +27,7 @@ from vcrd_core.plugins.manager import (
     load_failures,
     plugin_info,
 )
+from vcrd_core.plugins.validation import join_path, to_config_error
 
 
 @dataclass(frozen=True)
@@ -51,8 +51,8 @@ _cache: dict[str, tuple[int, dict[str, Entry], list[LoadFailure]]] = {}
 def _class_problem(kind: str, cls: Any) -> str | None:
     """Why ``cls`` cannot be registered as a component of ``kind`` (one line), or None."""
     k = get_kind(kind)
-    if not (isinstance(cls, type) and issubclass(cls, k.base)):
-        return f"registered {cls!r} as a {k.singular}, but it is not a subclass of {k.base.__name__}"
+    if not (isinstance(cls, type) and issubclass(cls, Component) and getattr(cls, "kind", None) == k.name):
+        return f"registered {cls!r} as a {k.singular}, but it is not a subclass of {k.base}"
     name = getattr(cls, "name", None)
     if not isinstance(name, str) or not name:
         return f"registered {cls.__name__} without a string `name`"

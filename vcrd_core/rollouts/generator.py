@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from vcrd_core.plugins.component import Component
+from vcrd_core.plugins.kinds import GENERATORS
 
 FinishReason = Literal["stop", "length"]
 
@@ -75,6 +76,8 @@ class GeneratorContext:
 
 class Generator(Component):
     """Base of rollout generators. Subclasses implement :meth:`load` and :meth:`generate`."""
+
+    kind: ClassVar[str] = GENERATORS
 
     def check(self) -> None:
         """Cheap checks before any model is loaded (e.g. an optional dependency is installed)."""

@@ -17,14 +17,6 @@ from typing import Any
 import numpy as np
 import pyarrow.compute as pc
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from vcrd_core import __version__
 from vcrd_core.config.models import RunConfig
@@ -35,6 +27,7 @@ from vcrd_core.plugins.registry import create
 from vcrd_core.rollouts.generator import Generator, GeneratorContext, Sampling, derive_seed
 from vcrd_core.rollouts.store import Layout, RolloutStore, model_fingerprint, parse_shard, tokenizer_fingerprint
 from vcrd_core.runs.atomic import atomic_write_text
+from vcrd_core.runs.console import progress
 from vcrd_core.runs.preflight import preflight
 
 
@@ -138,20 +131,6 @@ def summarize(store: RolloutStore, prompts: PromptSet, stats: dict[str, RoleStat
     }
 
 
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("prompts"),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=console,
-    )
-
-
 def generate_rollouts(
     config: RunConfig,
     *,
@@ -218,7 +197,7 @@ def generate_rollouts(
         )
         total = sum(len(layout.span(c)) for c in todo)
         try:
-            with _progress(console) as bar:
+            with progress(console) as bar:
                 task = bar.add_task(f"{role} rollouts", total=total, rate="")
                 for chunk in todo:
                     span = layout.span(chunk)
@@ -245,6 +224,7 @@ def generate_rollouts(
                                     "response_token_ids": s.token_ids,
                                     "text": s.text,
                                     "finish_reason": s.finish_reason,
+                                    "example": prompt.example().to_json(),
                                 }
                             )
                     store.write_chunk(role, chunk, rows)

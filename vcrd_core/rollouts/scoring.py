@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -22,60 +22,30 @@ import pyarrow.compute as pc
 import torch
 from rich.console import Console
 
-from vcrd_core.config.models import TORCH_DTYPES, RunConfig
-from vcrd_core.decision_points import DecisionPoints, Stream
+from vcrd_core.config.models import RunConfig
+from vcrd_core.data.examples import Example
 from vcrd_core.errors import ConfigError, VcrdError
 from vcrd_core.judging.analysis import HISTOGRAM_FILE, plot_validity_histogram, validity_stats
-from vcrd_core.judging.judge import Judge, JudgeContext
+from vcrd_core.judging.judge import JudgeContext
 from vcrd_core.judging.scoring import ScoredBatch, score_batch
-from vcrd_core.losses.weighting import WeightingRule
-from vcrd_core.plugins.kinds import JUDGES, WEIGHTING
-from vcrd_core.plugins.registry import create
+from vcrd_core.plan import RunPlan, StreamPlan
+from vcrd_core.regimes import regime_masks
 from vcrd_core.rollouts.generator import derive_seed
-from vcrd_core.rollouts.run import _progress, store_dir
-from vcrd_core.rollouts.sequences import RolloutSequence, pad_sequences
+from vcrd_core.rollouts.run import store_dir
+from vcrd_core.rollouts.sequences import RolloutSequence, StreamBatch
 from vcrd_core.rollouts.store import SCHEMA, RolloutStore, model_fingerprint
 from vcrd_core.runs.atomic import atomic_write_text
+from vcrd_core.runs.console import console as make_console
+from vcrd_core.runs.console import progress
+from vcrd_core.runs.models import load_causal_lm, pad_token_id
 from vcrd_core.runs.preflight import preflight
 from vcrd_core.runs.provenance import first_difference
 
-#: |w - 1| at most this is parity in the summary's attenuation / parity / amplification shares.
-PARITY_TOL = 0.05
 
-
-@dataclass
-class StreamSetup:
-    role: str
-    stream: Stream
-    judge: Judge | None
-    rule: WeightingRule
-    proposal: str
-
-
-def setups(config: RunConfig) -> dict[str, StreamSetup]:
-    """Per role of the store whose stream is enabled: its judge, weighting rule and proposal mode."""
-    out: dict[str, StreamSetup] = {}
-    streams = config.streams()
-    for stream in Stream:
-        role = stream.role
-        s = streams.get(stream.value)
-        if s is None:
-            continue
-        judge_spec = s.judge or config.judge
-        rule_spec = s.weighting or config.weighting
-        jpath = f"objective.{stream.value}.judge" if s.judge else "judge"
-        wpath = f"objective.{stream.value}.weighting" if s.weighting else "weighting"
-        judge = create(JUDGES, judge_spec.name, judge_spec.params, path=jpath) if judge_spec else None
-        rule = create(WEIGHTING, rule_spec.name, rule_spec.params, path=wpath)
-        proposal = config.proposals.student if stream is Stream.TEACHER_PREFIX else config.proposals.teacher
-        out[role] = StreamSetup(role, stream, judge, rule, proposal)  # type: ignore[arg-type]
-    return out
-
-
-def scoring_identity(config: RunConfig, found: dict[str, StreamSetup]) -> dict[str, Any]:
+def scoring_identity(config: RunConfig, streams: Mapping[str, StreamPlan]) -> dict[str, Any]:
     """What scores depend on: both models (the other model proposes on each prefix), seed, proposals and
-    sampling, and each scored stream's judge and rule. A store scored with another identity is rescored or
-    refused, never mixed."""
+    sampling, and each scored stream's judge, rule and proposal policy (``streams``: the plan's streams by rollout
+    role). A store scored with another identity is rescored or refused, never mixed."""
     models = {
         role: {"fingerprint": model_fingerprint(spec.path), "dtype": spec.dtype}
         for role, spec in (("teacher", config.models.teacher), ("student", config.models.student))
@@ -86,33 +56,15 @@ def scoring_identity(config: RunConfig, found: dict[str, StreamSetup]) -> dict[s
         "proposals": config.proposals.model_dump(mode="json"),
         "temperature": config.rollouts.temperature,
         "top_p": config.rollouts.top_p,
-        "streams": {
-            role: {
-                "judge": None
-                if s.judge is None
-                else {"name": s.judge.name, "params": s.judge.params.model_dump(mode="json")},
-                "weighting": {"name": s.rule.name, "params": s.rule.params.model_dump(mode="json")},
-                "proposal": s.proposal,
-            }
-            for role, s in found.items()
-        },
+        "streams": {role: s.identity() for role, s in streams.items()},
     }
 
 
-def _load_model(path: str, dtype: str, device: torch.device) -> Any:
-    from transformers import AutoModelForCausalLM
-
-    kwargs: dict[str, Any] = {"local_files_only": True}
-    if dtype != "auto":
-        kwargs["dtype"] = TORCH_DTYPES[dtype]
-    return AutoModelForCausalLM.from_pretrained(path, **kwargs).to(device).eval()
-
-
-def check_scored_with(config: RunConfig, store: RolloutStore, roles: list[str]) -> None:
+def check_scored_with(plan: RunPlan, store: RolloutStore, roles: list[str]) -> None:
     """Refuse (one line, before any model is loaded) offline training on scores that another setup made:
-    other models, seed, proposals, sampling, judge or weighting rule than ``config`` names for ``roles``."""
+    other models, seed, proposals, sampling, judge or weighting rule than the plan names for ``roles``."""
     scored = store.manifest().get("scoring")
-    wanted = json.loads(json.dumps(scoring_identity(config, {r: s for r, s in setups(config).items() if r in roles})))
+    wanted = json.loads(json.dumps(scoring_identity(plan.config, plan.by_role(roles))))
     if scored is None:
         raise ConfigError("scoring.mode", f"rollout store '{store.root}' has no scores; run `vcrd score CONFIG` first")
     scored = {**scored, "streams": {r: scored.get("streams", {}).get(r) for r in roles}}
@@ -136,42 +88,49 @@ def _per_row(values: torch.Tensor | None, rows: list[dict[str, Any]], cast: Any)
     return out
 
 
-def score_rows(
+def score_store_batch(
     rows: list[dict[str, Any]],
-    setup: StreamSetup,
+    stream: StreamPlan,
     teacher: Any,
     student: Any,
     *,
-    config: RunConfig,
     vocab_size: int,
     pad_id: int,
     seed: int,
     device: torch.device,
 ) -> tuple[ScoredBatch, dict[str, list[Any]]]:
-    """Score one batch of store rows of one role; returns the batch and the score columns per row."""
-    batch = pad_sequences([RolloutSequence(r["prompt_token_ids"], r["response_token_ids"]) for r in rows], pad_id)
-    ids, attn = batch["input_ids"], batch["attention_mask"]
-    points = DecisionPoints.from_masks(attn, batch["response_mask"])
-    ids, attn, points = ids.to(device), attn.to(device), points.to(device)
+    """Score one batch of store rows of one role (``stream``: its stream's plan); returns the batch and the score
+    columns per row."""
+    seqs = [
+        RolloutSequence(
+            r["prompt_token_ids"],
+            r["response_token_ids"],
+            example=Example.from_json(r["example"]) if r.get("example") else None,
+        )
+        for r in rows
+    ]
+    batch = StreamBatch.of(seqs, pad_id).to(device)
+    ids, attn = batch.input_ids, batch.attention_mask
     with torch.no_grad():
         t_logits = teacher(input_ids=ids, attention_mask=attn).logits.float()
         s_logits = student(input_ids=ids, attention_mask=attn).logits.float()
     gen = torch.Generator(device=device).manual_seed(seed)
     scored = score_batch(
-        setup.stream,
+        stream.stream,
         ids,
         attn,
-        points,
+        batch.points,
         t_logits,
         s_logits,
-        setup.judge,
-        setup.rule,
-        proposal=setup.proposal,  # type: ignore[arg-type]
-        temperature=config.rollouts.temperature,
-        top_p=config.rollouts.top_p,
+        stream.judge,
+        stream.rule,
+        proposal=stream.proposal,
+        temperature=stream.temperature,
+        top_p=stream.top_p,
         vocab_size=vocab_size,
-        prompt_lengths=batch["prompt_lengths"].to(device),
+        prompt_lengths=batch.prompt_lengths,
         generator=gen,
+        examples=batch.examples,
     )
     columns = {
         "proposals": _per_row(scored.proposals, rows, int),
@@ -189,9 +148,7 @@ def _shares(weights: np.ndarray) -> dict[str, Any]:
     q = np.quantile(weights, [0.01, 0.5, 0.99])
     return {
         "decision_points": int(weights.size),
-        "attenuation": float((weights < 1 - PARITY_TOL).mean()),
-        "parity": float((np.abs(weights - 1) <= PARITY_TOL).mean()),
-        "amplification": float((weights > 1 + PARITY_TOL).mean()),
+        **{regime: float(mask.mean()) for regime, mask in regime_masks(weights).items()},
         "weight_quantiles": {"p01": float(q[0]), "p50": float(q[1]), "p99": float(q[2])},
         "weight_max": float(weights.max()),
     }
@@ -214,7 +171,7 @@ def score_store(
 
     ``batch_size``: rollouts per forward pass; None: :func:`auto_batch_size` of the models' logits width and
     ``data.max_length``. The proposals' seeds are derived per batch, so they depend on it."""
-    console = console or Console(stderr=True)
+    console = console or make_console(stderr=True)
     store = RolloutStore(store_dir(config))
     manifest = store.manifest()
     store.check_complete()
@@ -224,11 +181,12 @@ def score_store(
             raise VcrdError(
                 f"models.{role}.path: '{path}' is not the model the store's {role} rollouts were generated with"
             )
-    found_setups = {r: s for r, s in setups(config).items() if r in store.layout().roles}
-    if not found_setups:
+    plan = RunPlan.of(config)
+    streams = plan.by_role(store.layout().roles)
+    if not streams:
         raise VcrdError("no enabled stream has rollouts in the store: nothing to score")
     found = preflight(config.model_copy(update={"output": config.output.model_copy(update={"overwrite": True})}))
-    wanted = scoring_identity(config, found_setups)
+    wanted = scoring_identity(config, streams)
     previous = manifest.get("scoring")
     if previous is not None and previous != json.loads(json.dumps(wanted)) and not overwrite:
         raise VcrdError(
@@ -241,37 +199,33 @@ def score_store(
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tok = found.tokenizer
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-    context = JudgeContext(tokenizer=tok, device=device, vocab_size=found.vocab_size)
-    for s in found_setups.values():
-        if s.judge is not None:
-            s.judge.load(context)
-    teacher = _load_model(config.models.teacher.path, config.models.teacher.dtype, device)
-    student = _load_model(config.models.student.path, config.models.student.dtype, device)
+    pad_id = pad_token_id(tok)
+    plan.load_judges(JudgeContext(tokenizer=tok, device=device, vocab_size=found.vocab_size))
+    teacher = load_causal_lm(config.models.teacher, "models.teacher.path").to(device).eval()
+    student = load_causal_lm(config.models.student, "models.student.path").to(device).eval()
     if batch_size is None:
         width = max(int(teacher.config.vocab_size), int(student.config.vocab_size))
         batch_size = auto_batch_size(width, config.data.max_length)
     layout = store.layout()
     start = time.perf_counter()
-    for role, setup in found_setups.items():
+    for role, stream in streams.items():
         todo = []
         for c in range(layout.num_chunks):
             table = store.read_chunk(role, c)
             if rescore_all or table["weights"].null_count > 0:
                 todo.append(c)
-        with _progress(console) as bar:
+        with progress(console, "rollouts") as bar:
             task = bar.add_task(f"scoring {role} rollouts", total=sum(len(layout.span(c)) for c in todo), rate="")
             for c in todo:
                 table = store.read_chunk(role, c)
                 rows = table.to_pylist()
                 for b in range(0, len(rows), batch_size):
                     part = rows[b : b + batch_size]
-                    _, cols = score_rows(
+                    _, cols = score_store_batch(
                         part,
-                        setup,
+                        stream,
                         teacher,
                         student,
-                        config=config,
                         vocab_size=found.vocab_size,
                         pad_id=pad_id,
                         seed=derive_seed(config.seed, "score", role, c, b),
@@ -285,10 +239,10 @@ def score_store(
     seconds = time.perf_counter() - start
     table = store.read()
     summary: dict[str, Any] = {"store": str(store.root), "seconds": round(seconds, 3), "streams": {}}
-    for role, setup in found_setups.items():
+    for role, stream in streams.items():
         rows = table.filter(pc.equal(table["role"], role))
         weights = np.array([w for ws in rows["weights"].to_pylist() if ws for w in ws], dtype=np.float64)
-        summary["streams"][setup.stream.value] = _shares(weights) | {"rule": setup.rule.name}
+        summary["streams"][stream.name] = _shares(weights) | {"rule": stream.rule.name}
     records = store.score_records()
     if records:  # the Fig. 1 view of what was just scored, beside the store (as `vcrd analyze STORE` writes it)
         stats = validity_stats(records)

@@ -1,46 +1,117 @@
-"""A rollout as the trainer and the scorer read it (prompt + response token ids, optional per-token weights)
-and right-padded batches of them: the masks :meth:`vcrd_core.DecisionPoints.from_masks` reads."""
+"""A rollout as the trainer and the scorer read it, and :class:`StreamBatch`: one stream's padded batch, the typed
+object that flows from the collator (or the offline scorer) through the training step into
+:class:`vcrd_core.JudgeRequest` unchanged."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
+
+from vcrd_core.data.examples import Example
+from vcrd_core.decision_points import DecisionPoints
 
 
 @dataclass
 class RolloutSequence:
-    """One rollout: its prompt and response token ids, and (offline) one weight per response token."""
+    """One rollout: its prompt and response token ids, (offline) one weight per response token, and the example
+    (prompt text, reference, ...) it was generated for."""
 
     prompt: list[int]
     response: list[int]
     weights: list[float] | None = None
+    example: Example | None = None
 
 
-def pad_sequences(seqs: Sequence[RolloutSequence], pad_token_id: int, key: str = "") -> dict[str, torch.Tensor]:
-    """Right-padded ``[B, L]`` tensors of prompt + response: ``input_ids``, ``attention_mask``, ``response_mask``
-    (1 on the response tokens, EOS included), ``prompt_lengths`` ``[B]``, and ``weights`` at the response tokens
-    when every sequence has them; every key prefixed with ``key``."""
-    length = max(len(s.prompt) + len(s.response) for s in seqs)
-    n = len(seqs)
-    ids = torch.full((n, length), pad_token_id, dtype=torch.long)
-    attention = torch.zeros(n, length, dtype=torch.long)
-    response = torch.zeros(n, length, dtype=torch.long)
-    weights = torch.zeros(n, length, dtype=torch.float32) if all(s.weights is not None for s in seqs) else None
-    for b, s in enumerate(seqs):
-        p, r = len(s.prompt), len(s.response)
-        ids[b, : p + r] = torch.tensor(s.prompt + s.response, dtype=torch.long)
-        attention[b, : p + r] = 1
-        response[b, p : p + r] = 1
-        if weights is not None and r:
-            weights[b, p : p + r] = torch.tensor(s.weights, dtype=torch.float32)
-    out = {
-        f"{key}input_ids": ids,
-        f"{key}attention_mask": attention,
-        f"{key}response_mask": response,
-        f"{key}prompt_lengths": torch.tensor([len(s.prompt) for s in seqs], dtype=torch.long),
-    }
-    if weights is not None:
-        out[f"{key}weights"] = weights
-    return out
+@dataclass
+class StreamBatch:
+    """One stream's sequences, right-padded: ``[B, L]`` ``input_ids``, ``attention_mask`` and ``response_mask`` (1 on
+    the response tokens, EOS included), ``prompt_lengths`` ``[B]``, the :class:`~vcrd_core.DecisionPoints` of the
+    batch, each sequence's :class:`~vcrd_core.data.examples.Example` (None where unknown), ``index`` ``[B]`` (the
+    sequences' dataset indices, or ``0..B-1``) and, when every sequence carries them (offline scores, the static
+    cache), ``weights`` ``[B, L]`` at the response tokens (0 elsewhere)."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    response_mask: torch.Tensor
+    prompt_lengths: torch.Tensor
+    points: DecisionPoints
+    examples: list[Example | None]
+    index: torch.Tensor
+    weights: torch.Tensor | None = None
+
+    @classmethod
+    def of(
+        cls, seqs: Sequence[RolloutSequence], pad_token_id: int, *, index: Sequence[int] | None = None
+    ) -> StreamBatch:
+        """Pad ``seqs`` (prompt + response) on the right with ``pad_token_id``; ``index``: their dataset indices."""
+        length = max(len(s.prompt) + len(s.response) for s in seqs)
+        n = len(seqs)
+        ids = torch.full((n, length), pad_token_id, dtype=torch.long)
+        attention = torch.zeros(n, length, dtype=torch.long)
+        response = torch.zeros(n, length, dtype=torch.long)
+        weights = torch.zeros(n, length, dtype=torch.float32) if all(s.weights is not None for s in seqs) else None
+        for b, s in enumerate(seqs):
+            p, r = len(s.prompt), len(s.response)
+            ids[b, : p + r] = torch.tensor(s.prompt + s.response, dtype=torch.long)
+            attention[b, : p + r] = 1
+            response[b, p : p + r] = 1
+            if weights is not None and r:
+                weights[b, p : p + r] = torch.tensor(s.weights, dtype=torch.float32)
+        return cls(
+            input_ids=ids,
+            attention_mask=attention,
+            response_mask=response,
+            prompt_lengths=torch.tensor([len(s.prompt) for s in seqs], dtype=torch.long),
+            points=DecisionPoints.from_masks(attention, response),
+            examples=[s.example for s in seqs],
+            index=torch.tensor(list(range(n)) if index is None else list(index), dtype=torch.long),
+            weights=weights,
+        )
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> StreamBatch:
+        """This batch on ``device`` (accelerate's and ``Trainer``'s device placement call it)."""
+
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device, non_blocking=non_blocking)
+
+        return replace(
+            self,
+            input_ids=move(self.input_ids),
+            attention_mask=move(self.attention_mask),
+            response_mask=move(self.response_mask),
+            prompt_lengths=move(self.prompt_lengths),
+            points=self.points.to(device),
+            index=move(self.index),
+            weights=move(self.weights),
+        )
+
+
+class TrainBatch(Mapping[str, StreamBatch]):
+    """A training batch: the :class:`StreamBatch` of every computed stream, keyed by stream name
+    (``teacher_prefix``, ``student_prefix``). A mapping so that ``Trainer`` and accelerate hand it through unchanged
+    (they rebuild mappings item by item and move each :class:`StreamBatch` with its ``to``)."""
+
+    def __init__(self, streams: Mapping[str, StreamBatch] | None = None) -> None:
+        self.streams: dict[str, StreamBatch] = dict(streams or {})
+
+    def __getitem__(self, stream: str) -> StreamBatch:
+        return self.streams[stream]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.streams)
+
+    def __len__(self) -> int:
+        return len(self.streams)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> TrainBatch:
+        return TrainBatch({k: b.to(device, non_blocking) for k, b in self.streams.items()})
+
+    def __repr__(self) -> str:
+        sizes: dict[str, Any] = {k: tuple(b.input_ids.shape) for k, b in self.streams.items()}
+        return f"TrainBatch({sizes})"

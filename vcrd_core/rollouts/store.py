@@ -15,7 +15,9 @@ only and a rerun generates exactly the missing ones (no duplicate, no gap). ``--
 
 Rows (one per sample): ``prompt_index`` (the prompt's row in its source), ``sample_index``, ``role``
 (``teacher``/``student``), ``prompt_token_ids``, ``response_token_ids`` (as sampled, EOS included),
-``text``, ``finish_reason`` (``stop``/``length``), and the columns ``vcrd score`` fills, one value per
+``text``, ``finish_reason`` (``stop``/``length``), ``example`` (the prompt's
+:class:`~vcrd_core.data.examples.Example` as JSON: prompt text, reference answer, tests, other fields; what
+judges receive), and the columns ``vcrd score`` fills, one value per
 decision point (= per response token): ``proposals`` (the other model's proposal at that prefix),
 ``same_token``, ``r_s``, ``r_t`` and ``weights`` (this role's stream: ``w^T`` on teacher rollouts, ``w^S``
 on student rollouts). They are null until scored.
@@ -45,7 +47,8 @@ from vcrd_core.runs.atomic import atomic_path, atomic_write_text
 from vcrd_core.runs.provenance import first_difference
 
 FORMAT = "vcrd-rollouts"
-FORMAT_VERSION = 1
+#: 2: rows carry their ``example`` (format 1 had none; such a store is refused with how to rebuild it).
+FORMAT_VERSION = 2
 ROLES = ("teacher", "student")
 SCORE_COLUMNS = ("proposals", "same_token", "r_s", "r_t", "weights")
 MANIFEST = "manifest.json"
@@ -59,6 +62,7 @@ SCHEMA = pa.schema(
         ("response_token_ids", pa.list_(pa.int32())),
         ("text", pa.string()),
         ("finish_reason", pa.string()),
+        ("example", pa.string()),
         ("proposals", pa.list_(pa.int32())),
         ("same_token", pa.list_(pa.bool_())),
         ("r_s", pa.list_(pa.float32())),
@@ -165,6 +169,12 @@ class RolloutStore:
             raise VcrdError(f"{self.manifest_path}: not a valid manifest ({exc})") from None
         if manifest.get("format") != FORMAT:
             raise VcrdError(f"{self.manifest_path}: not a vcrd rollout store manifest")
+        version = manifest.get("format_version")
+        if version != FORMAT_VERSION:
+            raise VcrdError(
+                f"rollout store '{self.root}' has format version {version}, this vcrd reads version {FORMAT_VERSION} "
+                "(its rows carry each prompt's example); rebuild it with `vcrd rollouts CONFIG --overwrite`"
+            )
         return manifest
 
     def layout(self) -> Layout:

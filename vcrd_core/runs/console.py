@@ -12,6 +12,14 @@ from __future__ import annotations
 import os
 
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 #: Columns of a console whose output is not a terminal (and ``COLUMNS`` is not set).
 PIPE_WIDTH = 1000
@@ -33,3 +41,19 @@ def console(stderr: bool = False, *, quiet: bool = False) -> Console:
     elif not out.is_terminal:
         out.width = PIPE_WIDTH
     return out
+
+
+def progress(console: Console, unit: str = "prompts") -> Progress:
+    """The progress bar of the long loops (rollouts, scoring, evaluation): done / total ``unit``, a ``rate`` field,
+    elapsed time and ETA, on ``console``."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(unit),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+    )

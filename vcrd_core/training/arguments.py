@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import sys
 from typing import Any
 
 from vcrd_core.config.models import RunConfig
@@ -116,6 +117,16 @@ def training_arguments_kwargs(config: RunConfig, world_size: int = 1) -> dict[st
     }
     if t.save_steps:
         kwargs["save_steps"] = t.save_steps
+    strategy = t.args.get("save_strategy")
+    if strategy not in (None, "steps") and t.save_steps:
+        raise ConfigError(
+            "training.save_steps",
+            f"is ignored under training.args.save_strategy: {strategy!r} (no checkpoint would be written every N "
+            "steps, so --resume would have nothing to resume); drop save_strategy to save every N steps, or drop "
+            "save_steps",
+        )
+    if "disable_tqdm" not in t.args and not sys.stderr.isatty():
+        kwargs["disable_tqdm"] = True  # into a log: one line per logging step, no carriage-return progress bar
     import torch
 
     if not torch.cuda.is_available():

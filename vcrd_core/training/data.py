@@ -8,7 +8,9 @@ stored: a *rollout row* is a mapping with
 * ``role``: ``"teacher"`` (the teacher-prefix stream's sequences) or ``"student"`` (the student-prefix stream's);
 * ``prompt_token_ids`` and ``response_token_ids`` (lists of ints, the response as generated, EOS included);
 * optionally ``weights`` (a list of floats, one per response token: that role's stream weight ``w_t`` at the
-  decision point ``t`` of that token), as ``vcrd score`` writes them into the rollout store (offline mode).
+  decision point ``t`` of that token), as ``vcrd score`` writes them into the rollout store (offline mode);
+* optionally ``example`` (the JSON of a :class:`~vcrd_core.data.examples.Example`: the prompt text, reference
+  answer, tests and other fields of the dataset row), as ``vcrd rollouts`` stores it; judges receive it.
 
 :func:`rows_from_store` reads such rows from the rollout store (``vcrd_core.rollouts.store``). A sequence is the
 prompt followed by its response, right-padded in a batch, cut at ``data.max_length`` tokens (the response is
@@ -24,14 +26,14 @@ from typing import Any
 
 import torch
 
+from vcrd_core.data.examples import Example
 from vcrd_core.decision_points import Stream
 from vcrd_core.errors import ConfigError, VcrdError
-from vcrd_core.rollouts.sequences import RolloutSequence, pad_sequences
+from vcrd_core.rollouts.sequences import RolloutSequence, StreamBatch, TrainBatch
 from vcrd_core.rollouts.store import RolloutStore
 
-#: The rollout role whose sequences each stream trains on, and the key prefix of its tensors in a batch.
+#: The rollout role whose sequences each stream trains on.
 STREAM_ROLE: dict[str, str] = {s.value: s.role for s in Stream}
-STREAM_KEY: dict[str, str] = {Stream.TEACHER_PREFIX.value: "t_", Stream.STUDENT_PREFIX.value: "s_"}
 
 
 class RolloutExamples(torch.utils.data.Dataset):
@@ -82,7 +84,8 @@ class RolloutExamples(torch.utils.data.Dataset):
                 continue
             if weights is not None:
                 weights = weights[:keep]
-            slots.setdefault(slot, {})[stream] = RolloutSequence(prompt, response[:keep], weights)
+            example = Example.from_json(row["example"]) if row.get("example") else None
+            slots.setdefault(slot, {})[stream] = RolloutSequence(prompt, response[:keep], weights, example)
         complete = sorted(k for k, v in slots.items() if k not in too_long and all(s in v for s in self.streams))
         #: (prompt, sample) slots left out because a prompt fills data.max_length
         self.too_long = len(too_long)
@@ -108,21 +111,22 @@ class RolloutExamples(torch.utils.data.Dataset):
 
 
 class RolloutCollator:
-    """Pads a list of examples into one batch: per stream ``<k>input_ids``, ``<k>attention_mask``,
-    ``<k>response_mask``, ``<k>prompt_lengths`` (``[B]``) and, when the examples carry them, ``<k>weights``
-    (``[B, L]``, 0 off the response), with ``<k>`` = ``t_`` (teacher prefix) or ``s_`` (student prefix); and
-    ``index`` (``[B]``, the examples' indices)."""
+    """Pads a list of examples into a :class:`~vcrd_core.rollouts.sequences.TrainBatch`: per stream one
+    :class:`~vcrd_core.rollouts.sequences.StreamBatch` (ids, masks, decision points, prompt lengths, each
+    sequence's example, the dataset indices and, when the examples carry them, the weights)."""
 
     def __init__(self, pad_token_id: int) -> None:
         self.pad_token_id = int(pad_token_id)
 
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        batch: dict[str, torch.Tensor] = {"index": torch.tensor([e["index"] for e in examples], dtype=torch.long)}
-        for stream in STREAM_KEY:
-            if stream not in examples[0]:
-                continue
-            batch.update(pad_sequences([e[stream] for e in examples], self.pad_token_id, STREAM_KEY[stream]))
-        return batch
+    def __call__(self, examples: list[dict[str, Any]]) -> TrainBatch:
+        index = [int(e["index"]) for e in examples]
+        return TrainBatch(
+            {
+                stream.value: StreamBatch.of([e[stream.value] for e in examples], self.pad_token_id, index=index)
+                for stream in Stream
+                if stream.value in examples[0]
+            }
+        )
 
 
 def rows_from_store(store: str | Path, roles: Sequence[str], *, need_weights: Sequence[str] = ()) -> list[dict]:

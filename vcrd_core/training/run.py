@@ -17,36 +17,37 @@ Order (everything that can be checked is checked before any model weight is load
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import shlex
 import shutil
-from collections.abc import Iterable, Mapping
+import sys
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from vcrd_core.config.loader import resolved_dict
-from vcrd_core.config.models import TORCH_DTYPES, ModelSpec, RunConfig
-from vcrd_core.decision_points import Stream
+from vcrd_core.config.models import RunConfig
 from vcrd_core.errors import ConfigError, VcrdError
-from vcrd_core.judging.judge import Judge, JudgeContext
-from vcrd_core.losses.objective import VCRDObjective
-from vcrd_core.losses.weighting import WeightingRule
+from vcrd_core.judging.judge import JudgeContext
+from vcrd_core.plan import RunPlan
 from vcrd_core.plugins.manager import get_plugin_manager
-from vcrd_core.plugins.registry import create
 from vcrd_core.rollouts.scoring import check_scored_with
 from vcrd_core.rollouts.store import RolloutStore
 from vcrd_core.runs.atomic import atomic_write_text
-from vcrd_core.runs.preflight import RUN_MARKERS, load_tokenizer, preflight
+from vcrd_core.runs.models import load_causal_lm, pad_token_id
+from vcrd_core.runs.preflight import RUN_MARKERS, Preflight, load_tokenizer, preflight
 from vcrd_core.runs.provenance import first_difference, write_run_metadata
 from vcrd_core.training.arguments import training_arguments_kwargs
-from vcrd_core.training.data import STREAM_ROLE, RolloutCollator, RolloutExamples, rows_from_store
+from vcrd_core.training.base import COMPLETE_MARKER, METRICS_FILE
+from vcrd_core.training.data import RolloutCollator, RolloutExamples, rows_from_store
 from vcrd_core.training.evaluation import PeriodicEvaluation
-from vcrd_core.training.trainer import COMPLETE_MARKER, METRICS_FILE, StreamScoring, VCRDTrainer
-
-WEIGHT_FILES = ("model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+from vcrd_core.training.step import VCRDTrainer
 
 
 def world_size() -> int:
@@ -61,24 +62,6 @@ def is_main_process() -> bool:
 def active_streams(config: RunConfig) -> list[str]:
     """The streams that are computed: enabled with ``λ > 0`` (others cost nothing)."""
     return [name for name, s in config.streams().items() if s.lam > 0]
-
-
-def stream_rule(config: RunConfig, stream: str) -> tuple[Any, str]:
-    spec = config.streams()[stream].weighting
-    return (spec, f"objective.{stream}.weighting") if spec is not None else (config.weighting, "weighting")
-
-
-def stream_judge_spec(config: RunConfig, stream: str) -> tuple[Any, str]:
-    spec = config.streams()[stream].judge
-    return (spec, f"objective.{stream}.judge") if spec is not None else (config.judge, "judge")
-
-
-def build_rules(config: RunConfig) -> dict[str, WeightingRule]:
-    out = {}
-    for stream in active_streams(config):
-        spec, path = stream_rule(config, stream)
-        out[stream] = create(spec.kind or "weighting", spec.name, spec.params, path=path)
-    return out  # type: ignore[return-value]
 
 
 def check_output_dir(config: RunConfig, resume: bool) -> Path:
@@ -126,6 +109,61 @@ def latest_checkpoint(out: Path) -> Path | None:
     return best[1] if best else None
 
 
+def resume_checkpoint(out: Path) -> Path:
+    """The checkpoint ``--resume`` continues from: the latest complete one. A finished run (``summary.json``) or a
+    run without a complete checkpoint is refused with one line saying what was found and what to do; nothing in
+    ``out`` is touched then."""
+    summary = out / "summary.json"
+    if summary.is_file():
+        try:
+            step = json.loads(summary.read_text(encoding="utf-8")).get("global_step")
+        except (OSError, ValueError):
+            step = None
+        raise ConfigError(
+            "output.dir",
+            f"'{out}' holds a finished run ({summary.name}, step {step}); --resume continues an interrupted run "
+            "only. Train longer in a new output.dir, or set output.overwrite: true to start over",
+        )
+    found = sorted(d.name for d in out.glob("checkpoint-*"))  # before latest_checkpoint drops incomplete ones
+    checkpoint = latest_checkpoint(out)
+    if checkpoint is None:
+        seen = f"only incomplete checkpoints ({', '.join(found)})" if found else "no checkpoint-N directory"
+        raise ConfigError(
+            "output.dir",
+            f"'{out}' has no complete checkpoint to resume from ({seen}); checkpoints are written every "
+            "training.save_steps steps (or once per epoch). Run without --resume and output.overwrite: true to "
+            "start over",
+        )
+    return checkpoint
+
+
+def resume_command() -> str:
+    """The command line that resumes this process's run: its own arguments with ``--resume``."""
+    argv = ["vcrd", *sys.argv[1:]] if Path(sys.argv[0]).name in ("vcrd", "__main__.py") else list(sys.argv)
+    if "--resume" not in argv:
+        argv.append("--resume")
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+@contextlib.contextmanager
+def say_how_to_resume(out: Path) -> Iterator[None]:
+    """On Ctrl-C or SIGTERM during training: one line naming the last complete checkpoint and the command that
+    resumes from it (or that there is none yet), then the interruption goes on as before."""
+    try:
+        yield
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "Terminated":
+            if is_main_process():
+                found = latest_checkpoint(out)
+                if found is not None:
+                    print(f"interrupted; last complete checkpoint: {found}; resume with: {resume_command()}",
+                          file=sys.stderr, flush=True)  # fmt: skip
+                else:
+                    print(f"interrupted; no complete checkpoint in {out} yet (training.save_steps sets how often "
+                          "one is written): nothing to resume", file=sys.stderr, flush=True)  # fmt: skip
+        raise
+
+
 def _truncate_metrics(out: Path, step: int) -> None:
     """Drop the metrics of steps after ``step`` (they are recomputed after a resume)."""
     file = out / METRICS_FILE
@@ -137,29 +175,6 @@ def _truncate_metrics(out: Path, step: int) -> None:
 
 def store_path(config: RunConfig) -> Path:
     return Path(config.rollouts.store) if config.rollouts.store else Path(config.output.dir) / "rollouts"
-
-
-def load_causal_lm(spec: ModelSpec, where: str, *, from_scratch: bool = False) -> Any:
-    """A causal LM from a local directory (weights required unless ``from_scratch``: then random init from its
-    ``config.json``, seeded by the caller)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    dtype = spec.dtype
-    kwargs: dict[str, Any] = {}
-    if spec.attn_implementation:
-        kwargs["attn_implementation"] = spec.attn_implementation
-    if from_scratch:
-        cfg = AutoConfig.from_pretrained(spec.path, local_files_only=True)
-        model = AutoModelForCausalLM.from_config(cfg, **kwargs)
-        return model.to(TORCH_DTYPES[dtype]) if dtype != "auto" else model
-    root = Path(spec.path)
-    if not any((root / f).is_file() for f in WEIGHT_FILES) and not list(root.glob("*.safetensors")):
-        raise ConfigError(
-            where,
-            f"'{spec.path}' has no model weights (model.safetensors); to train it from random initialization "
-            "use `vcrd sft --from-scratch`",
-        )
-    return AutoModelForCausalLM.from_pretrained(spec.path, dtype=dtype, local_files_only=True, **kwargs)
 
 
 def apply_lora(config: RunConfig, model: Any) -> Any:
@@ -182,7 +197,7 @@ def apply_lora(config: RunConfig, model: Any) -> Any:
     return get_peft_model(model, peft_config)
 
 
-def _training_arguments(kwargs: dict[str, Any]) -> Any:
+def training_arguments(kwargs: dict[str, Any]) -> Any:
     from transformers import TrainingArguments
 
     try:
@@ -192,111 +207,77 @@ def _training_arguments(kwargs: dict[str, Any]) -> Any:
         raise ConfigError("training", f"transformers refused the training arguments: {first}") from None
 
 
-def build_judges(config: RunConfig, rules: Mapping[str, WeightingRule]) -> dict[str, Judge | None]:
-    """Per stream the judge its rule needs (None for score-free rules: a run of constant rules loads none)."""
-    judges: dict[str, Judge | None] = {}
-    made: dict[str, Judge] = {}
-    for stream, rule in rules.items():
-        if not rule.uses_scores():
-            judges[stream] = None
-            continue
-        spec, path = stream_judge_spec(config, stream)
-        if spec is None:
-            raise ConfigError(path, f"the weighting rule '{rule.name}' of the {stream} stream needs a judge")
-        if path not in made:
-            made[path] = create(spec.kind or "judges", spec.name, spec.params, path=path)  # type: ignore[assignment]
-        judges[stream] = made[path]
-    return judges
+@dataclass
+class PreparedRun:
+    """Everything :func:`prepare` checked and built before any model weight is loaded."""
+
+    plan: RunPlan
+    training_kwargs: dict[str, Any]
+    out: Path
+    preflight: Preflight
+    dataset: RolloutExamples
+    evaluation: PeriodicEvaluation | None
 
 
-def prepare(config: RunConfig, *, resume: bool, rows: Iterable[Mapping[str, Any]] | None) -> dict[str, Any]:
-    """Every check before a model is loaded; returns what the run needs next."""
+def prepare(config: RunConfig, *, resume: bool, rows: Iterable[Mapping[str, Any]] | None) -> PreparedRun:
+    """Every check before a model is loaded (``rows``: rollout rows instead of the store's, e.g. from tests)."""
     kwargs = training_arguments_kwargs(config, world_size())
     out = check_output_dir(config, resume)
     checked = preflight(config.model_copy(update={"output": config.output.model_copy(update={"overwrite": True})}))
-    streams = active_streams(config)
-    rules = build_rules(config)
-    offline = config.scoring.mode == "offline"
-    need_weights = [s for s in streams if offline and rules[s].uses_scores()]
+    plan = RunPlan.of(config)
+    computed = plan.computed()
+    need_weights = plan.offline_weights()
     if rows is None:
-        roles = [STREAM_ROLE[s] for s in streams]
-        scored_roles = [STREAM_ROLE[s] for s in need_weights]
+        roles = [computed[s].role for s in computed]
+        scored_roles = [computed[s].role for s in need_weights]
         rows = rows_from_store(store_path(config), roles, need_weights=scored_roles)
         if scored_roles:  # weights made by another judge, rule, seed or models are never trained on
-            check_scored_with(config, RolloutStore(store_path(config)), scored_roles)
-    dataset = RolloutExamples(rows, streams, max_length=config.data.max_length, with_weights=need_weights)
+            check_scored_with(plan, RolloutStore(store_path(config)), scored_roles)
+    dataset = RolloutExamples(rows, list(computed), max_length=config.data.max_length, with_weights=need_weights)
     evaluation = PeriodicEvaluation.from_config(config, tokenizer=checked.tokenizer, out_dir=out)
-    return {
-        "kwargs": kwargs,
-        "out": out,
-        "preflight": checked,
-        "rules": rules,
-        "dataset": dataset,
-        "evaluation": evaluation,
-    }
+    return PreparedRun(plan, kwargs, out, checked, dataset, evaluation)
 
 
 def build_trainer(
     config: RunConfig,
-    prepared: dict[str, Any],
+    prepared: PreparedRun,
     *,
     teacher: Any = None,
     student: Any = None,
     trainer_class: type[VCRDTrainer] = VCRDTrainer,
 ) -> VCRDTrainer:
     """Models, judges, objective and the trainer (models may be passed in, e.g. by tests and benchmarks)."""
-    import torch
     from transformers import set_seed
 
-    tokenizer, vocab_size = prepared["preflight"].tokenizer, prepared["preflight"].vocab_size
+    tokenizer, vocab_size = prepared.preflight.tokenizer, prepared.preflight.vocab_size
     set_seed(config.seed)
     if teacher is None:
         teacher = load_causal_lm(config.models.teacher, "models.teacher.path")
     if student is None:
         student = load_causal_lm(config.models.student, "models.student.path")
     student = apply_lora(config, student)
-    args = _training_arguments(prepared["kwargs"])
-    rules = prepared["rules"]
-    judges = build_judges(config, rules)
-    context_dtype = next(teacher.parameters()).dtype
-    loaded: set[int] = set()
-    for judge in judges.values():
-        if judge is not None and id(judge) not in loaded:
-            context = JudgeContext(tokenizer=tokenizer, device=args.device, dtype=context_dtype, vocab_size=vocab_size)
-            judge.load(context)
-            loaded.add(id(judge))
-    r = config.rollouts
-    scoring = {}
-    for stream, rule in rules.items():
-        other = config.proposals.student if stream == Stream.TEACHER_PREFIX.value else config.proposals.teacher
-        scoring[stream] = StreamScoring(judges[stream], rule, other, r.temperature, r.top_p)
-    objective_config = config.objective.model_copy(deep=True)
-    for name in (Stream.TEACHER_PREFIX.value, Stream.STUDENT_PREFIX.value):
-        if name not in rules:
-            getattr(objective_config, name).enabled = False
-    objective = VCRDObjective.from_config(objective_config, vocab_size=vocab_size)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad is None:
-        raise ConfigError("models.tokenizer", "the tokenizer has neither a pad nor an eos token to pad batches with")
-    del torch
+    args = training_arguments(prepared.training_kwargs)
+    plan = prepared.plan
+    context = JudgeContext(
+        tokenizer=tokenizer, device=args.device, dtype=next(teacher.parameters()).dtype, vocab_size=vocab_size
+    )
+    plan.load_judges(context, computed_only=True)
     trainer = trainer_class(
         model=student,
         args=args,
-        train_dataset=prepared["dataset"],
-        data_collator=RolloutCollator(pad),
+        train_dataset=prepared.dataset,
+        data_collator=RolloutCollator(pad_token_id(tokenizer)),
         teacher=teacher,
-        objective=objective,
-        scoring=scoring,
-        mode=config.scoring.mode,
-        cache_static=config.scoring.cache_static,
+        plan=plan,
+        objective=plan.objective(vocab_size=vocab_size),
         vocab_size=vocab_size,
-        pad_token_id=int(pad),
-        metrics_file=Path(prepared["out"]) / METRICS_FILE,
+        pad_token_id=pad_token_id(tokenizer),
+        metrics_file=prepared.out / METRICS_FILE,
         max_nonfinite_steps=config.training.max_nonfinite_steps,
         loss_engine=config.training.loss_engine,
     )
-    if prepared.get("evaluation") is not None:
-        trainer.add_callback(prepared["evaluation"])
+    if prepared.evaluation is not None:
+        trainer.add_callback(prepared.evaluation)
     return trainer
 
 
@@ -353,28 +334,29 @@ def run_train(
 ) -> dict[str, Any]:
     """``vcrd train``: the whole job (see the module docstring); returns the summary."""
     prepared = prepare(config, resume=resume, rows=rows)
-    out: Path = prepared["out"]
-    checkpoint = latest_checkpoint(out) if resume else None
+    out = prepared.out
+    checkpoint = resume_checkpoint(out) if resume else None
     if checkpoint is not None:
-        _truncate_metrics(out, int(checkpoint.name.split("-")[1]))
-    elif resume:
-        _truncate_metrics(out, 0)
+        step = int(checkpoint.name.split("-")[1])
+        _truncate_metrics(out, step)
+        print(f"resuming from {checkpoint} (step {step})", file=sys.stderr, flush=True)
     start_run(config, out, resume, training={"streams": active_streams(config)})
     trainer = build_trainer(config, prepared, teacher=teacher, student=student)
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    with say_how_to_resume(out):
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     extra = {
         "scoring_mode": config.scoring.mode,
         "static_scoring_seconds": trainer.static_scoring_seconds,
         "resumed_from": str(checkpoint) if checkpoint else None,
-        "examples": len(prepared["dataset"]),
+        "examples": len(prepared.dataset),
         "examples_left_out": {
-            "prompt_fills_max_length": prepared["dataset"].too_long,
-            "missing_a_role": prepared["dataset"].incomplete,
+            "prompt_fills_max_length": prepared.dataset.too_long,
+            "missing_a_role": prepared.dataset.incomplete,
         },
     }
-    if prepared["evaluation"] is not None:
-        extra["evaluation"] = {str(step): r for step, r in prepared["evaluation"].results.items()}
-    return finish_run(trainer, prepared["preflight"].tokenizer, out, merge, extra)
+    if prepared.evaluation is not None:
+        extra["evaluation"] = {str(step): r for step, r in prepared.evaluation.results.items()}
+    return finish_run(trainer, prepared.preflight.tokenizer, out, merge, extra)
 
 
 __all__ = ["load_tokenizer", "run_train"]

@@ -13,6 +13,7 @@ flag, so that a wrong path never silently trains from scratch.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,20 +23,20 @@ import torch
 from vcrd_core.config.models import RunConfig
 from vcrd_core.data.prompts import render_prompt
 from vcrd_core.errors import ConfigError
+from vcrd_core.runs.models import load_causal_lm
 from vcrd_core.runs.preflight import load_tokenizer
 from vcrd_core.training.arguments import training_arguments_kwargs
+from vcrd_core.training.base import METRICS_FILE, EngineTrainer
 from vcrd_core.training.run import (
-    METRICS_FILE,
-    _training_arguments,
     apply_lora,
     check_output_dir,
     finish_run,
-    latest_checkpoint,
-    load_causal_lm,
+    resume_checkpoint,
+    say_how_to_resume,
     start_run,
+    training_arguments,
     world_size,
 )
-from vcrd_core.training.trainer import EngineTrainer
 
 
 class SFTExamples(torch.utils.data.Dataset):
@@ -128,18 +129,21 @@ def run_sft(
     if not Path(config.data.train).is_file():
         raise ConfigError("data.train", f"'{config.data.train}' does not exist")
     dataset = SFTExamples(config, tokenizer)
-    checkpoint = latest_checkpoint(out) if resume else None
+    checkpoint = resume_checkpoint(out) if resume else None
+    if checkpoint is not None:
+        print(f"resuming from {checkpoint}", file=sys.stderr, flush=True)
     start_run(config, out, resume, sft={"model": role, "from_scratch": from_scratch})
     set_seed(config.seed)
     model = apply_lora(config, load_causal_lm(spec, where, from_scratch=from_scratch))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     trainer = SFTTrainer(
         model=model,
-        args=_training_arguments(kwargs),
+        args=training_arguments(kwargs),
         train_dataset=dataset,
         data_collator=SFTCollator(int(pad)),
         metrics_file=out / METRICS_FILE,
         max_nonfinite_steps=config.training.max_nonfinite_steps,
     )
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    with say_how_to_resume(out):
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     return finish_run(trainer, tokenizer, out, merge, {"sft_model": role, "from_scratch": from_scratch})

@@ -18,9 +18,12 @@ token is amplified by ``valid / invalid`` (9x), the reverse attenuated by its in
 rollout's prefix has left every correct derivation, every later token is invalid, whatever it is:
 the response can no longer become correct.
 
-Any policy tokenizer works, not only the char tokenizer: a token's text is ``tokenizer.decode([id])``
-and a multi-character token is valid iff each of its characters is. A token that contains the first
-``=`` belongs to the prompt; characters it holds after that ``=`` start the response.
+The problem ``x`` is the example's prompt (``JudgeRequest.examples``, as the rollout store keeps it) and the
+response starts after ``JudgeRequest.prompt_lengths`` tokens. Any policy tokenizer works, not only the char
+tokenizer: a token's text is ``tokenizer.decode([id])`` and a multi-character token is valid iff each of its
+characters is. Called without examples (:meth:`OracleJudge.score_positions` directly), the prompt is the
+decoded text up to the first ``=``: a token that contains it belongs to the prompt; characters it holds after
+that ``=`` start the response.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from vcrd_arithmetic.grammar import PrefixState
-from vcrd_core import JudgeContext, ParamError, TokenJudge, VcrdError
+from vcrd_core import JudgeContext, JudgeRequest, JudgeScores, ParamError, Stream, TokenJudge, VcrdError
 
 _END = object()  # the end-of-sequence token
 _NOTHING = None  # a special or undecodable token: never valid
@@ -100,6 +103,23 @@ class OracleJudge(TokenJudge):
             return state.complete
         return text is not _NOTHING and state.feed(text) is not None
 
+    def score(self, request: JudgeRequest) -> JudgeScores:
+        """Scores of both proposals at the request's decision points. The problem comes from each sequence's
+        example (``request.examples[b].prompt``, e.g. ``'2*3+4='``) and the response starts after
+        ``request.prompt_lengths[b]`` tokens; a request without them is read as :meth:`score_positions` does."""
+        if request.proposals is None:
+            raise VcrdError("judge 'oracle' needs the other model's proposals (JudgeRequest.proposals)")
+        examples, lengths = request.examples, request.prompt_lengths
+        problems = None
+        if examples is not None and lengths is not None and all(e is not None for e in examples):
+            problems = [(e.prompt, int(n)) for e, n in zip(examples, lengths.tolist(), strict=True)]  # type: ignore[union-attr]
+        actual, alt = self._scores(
+            request.input_ids, request.attention_mask, request.proposals, request.points.mask, problems
+        )
+        if request.stream is Stream.TEACHER_PREFIX:
+            return JudgeScores(r_s=alt, r_t=actual)
+        return JudgeScores(r_s=actual, r_t=alt)
+
     def score_positions(
         self,
         input_ids: torch.Tensor,
@@ -110,9 +130,22 @@ class OracleJudge(TokenJudge):
         """``(r_actual, r_alt)``, float32 ``[B, L]``: the scores of ``y_t`` and of ``alt_t`` after
         ``y_{<t}`` at the positions ``score_mask`` selects (default: every non-padding response position).
 
+        Without the examples (this direct call) the prompt is the decoded text up to the first ``=``.
         Prompt positions, padding and unselected positions get 0. Left and right padding are both
         read through ``attention_mask``.
         """
+        return self._scores(input_ids, attention_mask, alt_ids, score_mask, None)
+
+    def _scores(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        alt_ids: torch.Tensor,
+        score_mask: torch.Tensor | None,
+        problems: list[tuple[str, int]] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``problems[b]``: the problem text and the number of prompt tokens of sequence ``b`` (None: find the
+        prompt by the first ``=`` of the decoded text)."""
         if self.tokenizer is None:
             raise VcrdError("judge 'oracle' has no tokenizer: call load(JudgeContext(tokenizer=...)) first")
         if input_ids.dim() != 2 or alt_ids.shape != input_ids.shape or attention_mask.shape != input_ids.shape:
@@ -134,14 +167,26 @@ class OracleJudge(TokenJudge):
             prompt = ""
             state: PrefixState | None = None
             in_response = False
+            prompt_tokens = None
+            if problems is not None:
+                problem, prompt_tokens = problems[b]
+                try:
+                    state = PrefixState.start(problem)
+                except VcrdError as exc:
+                    raise VcrdError(f"judge 'oracle', sequence {b} (example prompt {problem!r}): {exc}") from None
+            seen = 0  # real (non-padding) tokens so far
             for t, token_id in enumerate(row):
                 if not present[b][t]:
                     continue
+                seen += 1
                 if in_response:
                     if selected[b][t]:
                         r_actual[b][t] = valid if self._is_valid(state, token_id) else invalid
                         r_alt[b][t] = valid if self._is_valid(state, alts[b][t]) else invalid
                     state = self._advance(state, token_id)
+                    continue
+                if prompt_tokens is not None:
+                    in_response = seen >= prompt_tokens  # the next real token is the response's first
                     continue
                 text = self._text(token_id)
                 if isinstance(text, str):

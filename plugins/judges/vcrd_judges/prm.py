@@ -53,7 +53,7 @@ def _check_template(template: str | None, allowed: set[str]) -> str | None:
             f"unknown placeholder {{{unknown[0]}}}; valid: {', '.join('{' + f + '}' for f in sorted(allowed))}"
         )
     if "problem" not in fields:
-        raise ValueError("must contain {problem} (the decoded policy prompt)")
+        raise ValueError("must contain {problem} (the policy prompt text)")
     return template
 
 
@@ -207,7 +207,7 @@ class _PrmJudge(TokenJudge):
 
     # ----- prompts --------------------------------------------------------------------------------------------
     def render_prompt(self, problem: str) -> str:
-        """The judge's own prompt text for a decoded policy prompt (the response follows it directly)."""
+        """The judge's own prompt text for a policy prompt text (the response follows it directly)."""
         raise NotImplementedError
 
     def _bos(self) -> str:
@@ -253,7 +253,12 @@ class _PrmJudge(TokenJudge):
                     f"{self._who}: decision point at prompt position {t} of row {b} "
                     f"(prompt_lengths[{b}] = {n_prompt}); decision points are response tokens"
                 )
-            problem = policy_tok.decode(ids[b, prompt_pos].tolist(), skip_special_tokens=True)
+            example = request.examples[b] if request.examples is not None else None
+            # the dataset's prompt text (before any chat template); decoded ids only where no example is known
+            if example is not None:
+                problem = example.prompt
+            else:
+                problem = policy_tok.decode(ids[b, prompt_pos].tolist(), skip_special_tokens=True)
             judge_prompt = self.judge_prompt_ids(problem)
             rows.append(
                 (judge_prompt, ids[b, response_pos].tolist(), proposals[b, response_pos].tolist(), response_pos)
@@ -305,7 +310,8 @@ class PrmValueHead(_PrmJudge):
         prompt_template: str = Field(
             default="{bos}{problem}\n",
             description="Judge prompt; {bos} = the judge tokenizer's BOS text (empty if none), {problem} = the "
-            "decoded policy prompt. Default: Skywork's bos + problem + newline.",
+            "policy prompt text (the example's, else the decoded prompt ids). Default: Skywork's bos + problem + "
+            "newline.",
         )
 
         @field_validator("prompt_template")
@@ -333,7 +339,7 @@ class PrmClassifier(_PrmJudge):
 
     The checkpoint is a body plus ``score.0`` (``Linear(H, H)``) and ``score.2`` (``Linear(H, 2)``). The prompt is
     Qwen's chat format: system turn ``system_prompt`` (default: Qwen2.5-Math's "Please reason step by step, and
-    put your final answer within \\boxed{}.") and the decoded policy prompt as the user turn, then the assistant
+    put your final answer within \\boxed{}.") and the policy prompt text as the user turn, then the assistant
     turn's opening, rendered with the judge tokenizer's chat template when it has one, else plain ChatML. The
     score is read after ``branch_suffix`` (default ``<extra_0>``, the step separator the model was trained on).
     """

@@ -37,7 +37,7 @@ from typing import ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from vcrd_core import JudgeContext, Need, RowJudge, VcrdError
+from vcrd_core import JudgeContext, Need, RowJudge
 
 
 class TeacherLikelihoodJudge(RowJudge):
@@ -81,38 +81,6 @@ class TeacherLikelihoodJudge(RowJudge):
     def vocab_size(self) -> int | None:
         """The tokenizer's real vocabulary size from :meth:`load` (``None`` before it: use every column)."""
         return None if self.context is None else self.context.vocab_size
-
-    def score_from_logits(
-        self,
-        teacher_logits: torch.Tensor,
-        student_proposals: torch.Tensor,
-        *,
-        vocab_size: int | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(r_s, r_t)`` float32 of shape ``[...]`` from teacher logits ``[..., V]`` (already aligned:
-        row ``i`` is the distribution at the prefix where ``student_proposals[i]`` is proposed).
-
-        Only the first ``vocab_size`` columns (default: the loaded context's, else all) take part:
-        a padded lm_head's extra columns are dropped *before* the softmax, so they get no mass.
-        Memory stays at one ``[chunk_size, V]`` float32 block.
-        """
-        if teacher_logits.dim() < 1 or teacher_logits.shape[:-1] != student_proposals.shape:
-            raise VcrdError(
-                f"judge '{self.name}': teacher logits of shape {tuple(teacher_logits.shape)} do not match "
-                f"student proposals of shape {tuple(student_proposals.shape)} (expected logits [..., V] "
-                "over proposals [...])"
-            )
-        v_real = self.real_vocab(teacher_logits.shape[-1], vocab_size)
-        lead_shape = student_proposals.shape
-        logits = teacher_logits.reshape(-1, teacher_logits.shape[-1])
-        proposals = student_proposals.reshape(-1).long()
-        self.check_greedy(proposals, v_real)
-        r_s = torch.zeros(proposals.shape[0], dtype=torch.float32, device=teacher_logits.device)
-        r_t = torch.zeros_like(r_s)
-        for start in range(0, proposals.shape[0], self.params.chunk_size):
-            stop = start + self.params.chunk_size
-            r_s[start:stop], r_t[start:stop] = self._score_rows(logits[start:stop], proposals[start:stop], v_real)
-        return r_s.reshape(lead_shape), r_t.reshape(lead_shape)
 
     @property
     def row_block(self) -> int:  # type: ignore[override]

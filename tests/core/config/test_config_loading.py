@@ -316,8 +316,8 @@ def test_a_chain_of_eight_nested_clamps_validates_in_linear_time(write_config, c
 
 def test_one_walker_follows_a_dotted_path_through_the_config_models() -> None:
     from vcrd_core.config.models import ObjectiveConfig, RunConfig, StreamConfig
-    from vcrd_core.config.validation import walk_model
     from vcrd_core.plugins.kinds import DivergenceSpec, EvaluatorSpec
+    from vcrd_core.plugins.validation import walk_model
 
     steps = list(walk_model(RunConfig, "objective.teacher_prefix.divergence.params.alpha".split("."), defaults=True))
     assert [(s.owner, s.name) for s in steps[:3]] == [

@@ -16,7 +16,8 @@ import torch
 import vcrd_core
 from tests.fakes import RecordingKL
 from vcrd_core.errors import VcrdError
-from vcrd_core.losses.chunked import chunked_divergence, default_chunk_size
+from vcrd_core.losses.chunked import chunked_divergence
+from vcrd_core.losses.inputs import default_chunk_size
 
 
 def reference(
@@ -92,9 +93,9 @@ def test_default_chunk_bounds_a_float32_block_to_about_128_mib() -> None:
 
 
 def test_default_chunk_size_is_used_when_none_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
-    import vcrd_core.losses.chunked
+    import vcrd_core.losses.inputs
 
-    monkeypatch.setattr(vcrd_core.losses.chunked, "DEFAULT_BLOCK_ELEMENTS", 100)  # 100 // 30 = 3 rows per chunk
+    monkeypatch.setattr(vcrd_core.losses.inputs, "DEFAULT_BLOCK_ELEMENTS", 100)  # 100 // 30 = 3 rows per chunk
     div = RecordingKL()
     engine(div, logits(10, 30, seed=0), logits(10, 30, seed=1))
     assert div.rows_seen == [3, 3, 3, 1]

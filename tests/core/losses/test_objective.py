@@ -311,9 +311,11 @@ def test_weight_statistics_match_float64_quantiles_at_decision_points() -> None:
     assert stats["min"] == pytest.approx(float(w.min()))
     assert stats["max"] == pytest.approx(float(w.max()))
     assert stats["mean"] == pytest.approx(float(w.mean()))
-    assert stats["share_eq1"] == pytest.approx(1 / w.numel())
-    assert stats["share_lt1"] == pytest.approx(float((w < 1).double().mean()))
-    assert stats["share_gt1"] == pytest.approx(float((w > 1).double().mean()))
+    tol = 0.05  # vcrd_core.regimes.DEFAULT_PARITY_TOL, written out: the regimes in plain float64
+    assert stats["share_parity"] == pytest.approx(float(((w - 1).abs() <= tol).double().mean()))
+    assert stats["share_attenuation"] == pytest.approx(float((w < 1 - tol).double().mean()))
+    assert stats["share_amplification"] == pytest.approx(float((w > 1 + tol).double().mean()))
+    assert stats["share_parity"] >= 1 / w.numel()  # the exact parity point
 
 
 def test_metrics_are_a_flat_dict_of_floats_per_stream() -> None:
@@ -330,7 +332,7 @@ def test_metrics_are_a_flat_dict_of_floats_per_stream() -> None:
     assert metrics["teacher_prefix/count"] == 3.0
     assert metrics["teacher_prefix/points"] == 9.0
     assert metrics["student_prefix/weight_max"] == 1.0  # no weights: w = 1
-    assert {"teacher_prefix/weight_p99", "teacher_prefix/weight_share_gt1"} <= set(metrics)
+    assert {"teacher_prefix/weight_p99", "teacher_prefix/weight_share_amplification"} <= set(metrics)
 
 
 def test_a_weight_above_weight_warn_max_warns() -> None:

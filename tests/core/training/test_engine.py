@@ -11,14 +11,14 @@ import pytest
 import torch
 
 from tests.core.training.helpers import config_dict, models, prm_run, rows, run_config, save_model
-from vcrd_core.decision_points import DecisionPoints
 from vcrd_core.errors import VcrdError
 from vcrd_core.hookspecs import hookimpl
 from vcrd_core.judging.scoring import score_batch
 from vcrd_core.plugins.registry import create
-from vcrd_core.rollouts.sequences import RolloutSequence, pad_sequences
+from vcrd_core.rollouts.sequences import RolloutSequence, StreamBatch
 from vcrd_core.training.run import build_trainer, prepare, run_train
-from vcrd_core.training.trainer import VCRDTrainer
+from vcrd_core.training.step import VCRDTrainer
+from vcrd_core.training.weight_sources import WeightSource
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +41,7 @@ class Recording(VCRDTrainer):
         if not hasattr(self, "seen"):
             self.seen = []
         original = self.objective
-        record: dict[str, Any] = {"index": inputs["index"].tolist()}
+        record: dict[str, Any] = {"index": next(iter(inputs.values())).index.tolist()}
 
         def objective(**streams: Any) -> Any:
             for name, s in streams.items():
@@ -56,11 +56,20 @@ class Recording(VCRDTrainer):
             self.seen.append(record)
 
 
+class NoWeights(WeightSource):
+    """No weights at all (the objective's w = 1)."""
+
+    def weights(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
 class Plain(VCRDTrainer):
     """The same loop with no weights at all (the objective's w = 1): plain SKL + SRKL."""
 
-    def _online_weights(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
-        return None
+    def _engine(self, model: Any, batch: Any) -> Any:
+        engine = super()._engine(model, batch)
+        self.sources = {s: NoWeights(self.plan.streams[s]) for s in self.streams}
+        return engine
 
 
 def train_with(cfg: dict[str, Any], trainer_class: type[VCRDTrainer] = VCRDTrainer, data: Any = None) -> Any:
@@ -71,7 +80,9 @@ def train_with(cfg: dict[str, Any], trainer_class: type[VCRDTrainer] = VCRDTrain
     return trainer
 
 
-def test_online_oracle_run_lowers_the_loss_and_writes_loadable_outputs(tmp_path: Path, tiny: tuple[Path, Path]) -> None:
+def test_online_oracle_run_lowers_the_loss_and_writes_loadable_outputs(
+    tmp_path: Path, tiny: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -82,9 +93,14 @@ def test_online_oracle_run_lowers_the_loss_and_writes_loadable_outputs(tmp_path:
     assert [m["step"] for m in steps] == list(range(1, 13))
     assert steps[-1]["loss"] < 0.7 * steps[0]["loss"]
     for key in ("teacher_prefix/loss", "student_prefix/weight_mean", "student_prefix/weight_p90",
-                "teacher_prefix/weight_share_lt1", "student_prefix/weight_share_gt1", "learning_rate",
-                "tokens_per_second", "judge_share"):  # fmt: skip
+                "teacher_prefix/weight_share_attenuation", "student_prefix/weight_share_amplification", "learning_rate",
+                "tokens_per_second", "judge_share", "grad_norm"):  # fmt: skip
         assert all(math.isfinite(m[key]) for m in steps), key
+    # one concise line per logging step (not transformers' dict of every key), the whole record in metrics.jsonl
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+    assert len(lines) == 12 and all("{" not in line for line in lines)
+    assert lines[-1].startswith("step 12/12 | loss ") and " | grad_norm " in lines[-1] and " tok/s | lr " in lines[-1]
+    assert "teacher_prefix " in lines[-1] and "(w̄ " in lines[-1]
     assert {"config.yaml", "provenance.json", "summary.json"} <= {p.name for p in run.iterdir()}
     assert json.loads((run / "provenance.json").read_text())["scoring_mode"] == "online"
     assert summary["global_step"] == 12 and summary["static_scoring_seconds"] > 0
@@ -107,8 +123,8 @@ def test_constant_weights_equal_plain_skl_srkl_bitwise(tmp_path: Path, tiny: tup
 
 def test_online_and_offline_weights_are_equal_at_step_0(tmp_path: Path, tiny: tuple[Path, Path]) -> None:
     from vcrd_core.judging.judge import JudgeContext
+    from vcrd_core.runs.models import load_causal_lm
     from vcrd_core.runs.preflight import load_tokenizer
-    from vcrd_core.training.run import load_causal_lm
 
     base = {"proposals": {"teacher": "greedy", "student": "greedy"}, "training": {"max_steps": 1}}
     cfg = config_dict(tmp_path / "on", *tiny, **base)
@@ -125,14 +141,13 @@ def test_online_and_offline_weights_are_equal_at_step_0(tmp_path: Path, tiny: tu
     student = load_causal_lm(config.models.student, "s").eval()
     scored_rows = []
     for row in rows(8):
-        batch = pad_sequences([RolloutSequence(row["prompt_token_ids"], row["response_token_ids"])], 0)
-        points = DecisionPoints.from_masks(batch["attention_mask"], batch["response_mask"])
+        batch = StreamBatch.of([RolloutSequence(row["prompt_token_ids"], row["response_token_ids"])], 0)
         with torch.no_grad():
-            t_logits = teacher(input_ids=batch["input_ids"]).logits
-            s_logits = student(input_ids=batch["input_ids"]).logits
+            t_logits = teacher(input_ids=batch.input_ids).logits
+            s_logits = student(input_ids=batch.input_ids).logits
         stream = "teacher_prefix" if row["role"] == "teacher" else "student_prefix"
-        out = score_batch(stream, batch["input_ids"], batch["attention_mask"], points, t_logits, s_logits, judge, rule,
-                          proposal="greedy", vocab_size=17, prompt_lengths=batch["prompt_lengths"])  # fmt: skip
+        out = score_batch(stream, batch.input_ids, batch.attention_mask, batch.points, t_logits, s_logits, judge, rule,
+                          proposal="greedy", vocab_size=17, prompt_lengths=batch.prompt_lengths)  # fmt: skip
         p = len(row["prompt_token_ids"])
         scored_rows.append(dict(row, weights=out.weights[0, p:].tolist()))
     offline = train_with(dict(cfg, scoring={"mode": "offline"}, output={"dir": str(tmp_path / "off")}), Recording,
@@ -292,8 +307,8 @@ def test_nan_student_logits_skip_the_step_instead_of_crashing_online_scoring(
     skipped by the non-finite guard (parameters unchanged) instead of the run crashing in the judge."""
 
     class NaNLogitsAtStep1(VCRDTrainer):
-        def _forward_both(self, inputs: Any, model: Any) -> dict[str, Any]:
-            out = super()._forward_both(inputs, model)
+        def forward_both(self, inputs: Any, model: Any) -> dict[str, Any]:
+            out = super().forward_both(inputs, model)
             if self.state.global_step == 1:
                 out = {k: (t, s * float("nan")) for k, (t, s) in out.items()}
             return out

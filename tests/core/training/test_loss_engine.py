@@ -16,8 +16,8 @@ from transformers import Qwen2ForCausalLM
 from tests.core.training.helpers import config_dict, models, prm_run, rows, run_config, save_model
 from tests.tiny_models import tiny_qwen2_config
 from vcrd_core.errors import VcrdError
+from vcrd_core.losses.engines import decoder_head
 from vcrd_core.training.run import build_trainer, prepare
-from vcrd_core.training.trainer import fused_model
 
 pytestmark = pytest.mark.slow
 
@@ -159,7 +159,7 @@ def test_forced_fused_linear_on_an_unsupported_model_is_one_line_error(tmp_path:
     assert "\n" not in str(err.value) and "use auto or logits" in str(err.value)
 
 
-def test_fused_model_names_what_it_cannot_read() -> None:
+def test_decoder_head_names_what_it_cannot_read() -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
@@ -175,18 +175,18 @@ def test_fused_model_names_what_it_cannot_read() -> None:
             final_logit_softcapping=30.0,
         )
     )
-    assert fused_model(gemma) == "Gemma2ForCausalLM transforms its logits (final_logit_softcapping=30.0)"
+    assert decoder_head(gemma) == "Gemma2ForCausalLM transforms its logits (final_logit_softcapping=30.0)"
     qwen = Qwen2ForCausalLM(tiny_qwen2_config(17, hidden_size=16, max_positions=32))
-    found = fused_model(qwen)
+    found = decoder_head(qwen)
     assert not isinstance(found, str) and found.head is qwen.lm_head and found.decoder is qwen.model
     lora_head = get_peft_model(qwen, LoraConfig(r=2, target_modules=["lm_head", "q_proj"]))
-    reason = fused_model(lora_head)
+    reason = decoder_head(lora_head)
     assert isinstance(reason, str) and reason.startswith("Qwen2ForCausalLM's lm_head is not a plain torch.nn.Linear")
     plain = get_peft_model(
         Qwen2ForCausalLM(tiny_qwen2_config(17, hidden_size=16, max_positions=32)),
         LoraConfig(r=2, target_modules=["q_proj"]),
     )
-    assert not isinstance(fused_model(plain), str)
+    assert not isinstance(decoder_head(plain), str)
 
 
 def test_compiled_fused_engine_trains_like_the_logits_engine(tmp_path: Path, tiny: tuple[Path, Path]) -> None:

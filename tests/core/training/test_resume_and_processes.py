@@ -41,6 +41,7 @@ def test_sigkill_and_resume_end_bitwise_equal(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "killed").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     second = run_script({"config": killed, "rows": [12, 0], "resume": True}, tmp_path / "c.json")
     assert second.returncode == 0, second.stderr[-3000:]
+    assert f"resuming from {tmp_path / 'killed' / 'checkpoint-4'} (step 4)" in second.stderr
     a = load_file(str(tmp_path / "straight" / "final" / "adapter_model.safetensors"))
     b = load_file(str(tmp_path / "killed" / "final" / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

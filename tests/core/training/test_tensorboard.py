@@ -25,6 +25,6 @@ def test_per_step_vcrd_metrics_are_written_to_tensorboard(tmp_path: Path) -> Non
     acc = event_accumulator.EventAccumulator(str(events[0].parent))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
-    for tag in ("train/loss", "train/teacher_prefix/weight_mean", "train/student_prefix/weight_share_lt1"):
+    for tag in ("train/loss", "train/teacher_prefix/weight_mean", "train/student_prefix/weight_share_attenuation"):
         assert tag in tags, sorted(tags)
     assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3, 4]  # logging_steps 1, 4 steps

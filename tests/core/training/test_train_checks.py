@@ -70,6 +70,76 @@ def test_resume_without_a_run(tmp_path: Path, dirs: tuple[Path, Path]) -> None:
     assert "holds no run to resume" in refused(config_dict(tmp_path, *dirs), resume=True)
 
 
+def _started_run(tmp_path: Path, dirs: tuple[Path, Path]) -> tuple[dict, Path]:
+    """A run directory as an interrupted run leaves it: its config, provenance and some metrics."""
+    from vcrd_core.runs.provenance import write_run_metadata
+
+    cfg = config_dict(tmp_path, *dirs)
+    out = Path(cfg["output"]["dir"])
+    out.mkdir(parents=True)
+    write_run_metadata(out, run_config(cfg))
+    (out / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 0.9}\n')
+    return cfg, out
+
+
+@pytest.mark.usefixtures("no_model_loading")
+def test_resume_without_a_complete_checkpoint_is_refused_and_touches_nothing(
+    tmp_path: Path, dirs: tuple[Path, Path]
+) -> None:
+    cfg, out = _started_run(tmp_path, dirs)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    message = refused(cfg, resume=True)
+    assert message.startswith("output.dir:") and "no complete checkpoint to resume from (no checkpoint-N" in message
+    (out / "checkpoint-3").mkdir()  # written partly: no vcrd-complete marker
+    message = refused(cfg, resume=True)
+    assert "only incomplete checkpoints (checkpoint-3)" in message
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before  # metrics.jsonl kept whole
+
+
+@pytest.mark.usefixtures("no_model_loading")
+def test_resume_of_a_finished_run_is_refused(tmp_path: Path, dirs: tuple[Path, Path]) -> None:
+    cfg, out = _started_run(tmp_path, dirs)
+    (out / "summary.json").write_text('{"global_step": 4}\n')
+    (out / "final").mkdir()
+    message = refused(cfg, resume=True)
+    assert "holds a finished run (summary.json, step 4); --resume continues an interrupted run only" in message
+    assert (out / "summary.json").read_text() == '{"global_step": 4}\n'
+
+
+def test_save_steps_that_the_save_strategy_ignores_is_refused(tmp_path: Path, dirs: tuple[Path, Path]) -> None:
+    cfg = config_dict(tmp_path, *dirs, training={"save_steps": 10, "args": {"save_strategy": "no"}})
+    with pytest.raises(ConfigError, match=r"training.save_steps: is ignored under training.args.save_strategy: 'no'"):
+        training_arguments_kwargs(run_config(cfg))
+    cfg = config_dict(tmp_path, *dirs, training={"save_steps": 10, "args": {"save_strategy": "epoch"}})
+    with pytest.raises(ConfigError, match=r"training.save_steps: is ignored under .*'epoch'"):
+        training_arguments_kwargs(run_config(cfg))
+    kwargs = training_arguments_kwargs(run_config(config_dict(tmp_path, *dirs, training={"save_steps": 10})))
+    assert (kwargs["save_strategy"], kwargs["save_steps"]) == ("steps", 10)
+
+
+def test_an_interruption_names_the_last_checkpoint_and_the_resume_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vcrd_core.training.base import COMPLETE_MARKER
+    from vcrd_core.training.run import say_how_to_resume
+
+    for step, complete in ((2, True), (4, True), (6, False)):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if complete:
+            (tmp_path / f"checkpoint-{step}" / COMPLETE_MARKER).write_text("{}")
+    monkeypatch.setattr("sys.argv", ["/usr/bin/vcrd", "train", "my run.yaml", "--set", "seed=1"])
+    with pytest.raises(KeyboardInterrupt), say_how_to_resume(tmp_path):
+        raise KeyboardInterrupt
+    line = capsys.readouterr().err.strip()
+    assert line == (
+        f"interrupted; last complete checkpoint: {tmp_path / 'checkpoint-4'}; "
+        "resume with: vcrd train 'my run.yaml' --set seed=1 --resume"
+    )
+    with pytest.raises(KeyboardInterrupt), say_how_to_resume(tmp_path / "empty"):
+        raise KeyboardInterrupt
+    assert "no complete checkpoint in" in capsys.readouterr().err
+
+
 def test_micro_batch_larger_than_effective_batch(tmp_path: Path, dirs: tuple[Path, Path]) -> None:
     config = run_config(config_dict(tmp_path, *dirs, training={"per_device_batch_size": 8, "batch_size": 4}))
     with pytest.raises(ConfigError, match=r"training.per_device_batch_size: the micro-batch \(8 per device x 1"):
@@ -108,7 +178,8 @@ def test_offline_mode_with_a_store_without_scores(tmp_path: Path, dirs: tuple[Pa
 
 @pytest.mark.usefixtures("no_model_loading")
 def test_offline_mode_refuses_scores_made_by_another_setup(tmp_path: Path, dirs: tuple[Path, Path]) -> None:
-    from vcrd_core.rollouts.scoring import scoring_identity, setups
+    from vcrd_core.plan import RunPlan
+    from vcrd_core.rollouts.scoring import scoring_identity
     from vcrd_core.rollouts.store import Layout, RolloutStore
     from vcrd_core.runs.atomic import atomic_write_text
 
@@ -119,7 +190,7 @@ def test_offline_mode_refuses_scores_made_by_another_setup(tmp_path: Path, dirs:
         store.write_chunk(role, 0, [dict(r, text="", finish_reason="stop") for r in scored])
     cfg = config_dict(tmp_path, *dirs, scoring={"mode": "offline"}, rollouts={"store": str(tmp_path / "store")})
     scored_with = run_config(cfg)
-    manifest = store.manifest() | {"scoring": scoring_identity(scored_with, setups(scored_with))}
+    manifest = store.manifest() | {"scoring": scoring_identity(scored_with, RunPlan.of(scored_with).by_role())}
     atomic_write_text(store.manifest_path, json.dumps(manifest))
 
     other = json.loads(json.dumps(cfg))

@@ -20,6 +20,24 @@ def make_judge(vocab_size: int | None = None, **params: object) -> TeacherLikeli
     return judge
 
 
+def row_scores(
+    judge: TeacherLikelihoodJudge, logits: torch.Tensor, proposals: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The judge's scores of ``proposals`` ``[...]`` under rows of ``logits`` ``[..., V]``, through
+    :meth:`RowJudge.score` (one decision point per sequence, at position 1: its distribution is row 0)."""
+    lead, vocab = proposals.shape, logits.shape[-1]
+    flat, props = logits.reshape(-1, vocab), proposals.reshape(-1)
+    n = props.numel()
+    wide = torch.zeros(n, 2, vocab, dtype=logits.dtype)
+    wide[:, 0] = flat
+    greedy = torch.zeros(n, 2, dtype=torch.long)
+    greedy[:, 1] = props
+    decision = torch.zeros(n, 2, dtype=torch.bool)
+    decision[:, 1] = True
+    scores = judge.score(request_for(Stream.TEACHER_PREFIX, wide, greedy, decision))
+    return scores.r_s[:, 1].reshape(lead), scores.r_t[:, 1].reshape(lead)
+
+
 def reference_scores(
     logits: np.ndarray, proposals: np.ndarray, vocab_size: int | None = None, k: int = 128, temperature: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -51,7 +69,7 @@ def mixed_scale_logits(n: int, vocab: int, seed: int = 0) -> torch.Tensor:
 def test_scores_match_float64_reference_on_random_logits() -> None:
     logits = mixed_scale_logits(40, 300)
     proposals = torch.randint(0, 300, (40,), generator=torch.Generator().manual_seed(1))
-    r_s, r_t = make_judge().score_from_logits(logits, proposals)
+    r_s, r_t = row_scores(make_judge(), logits, proposals)
     ref_s, ref_t = reference_scores(logits.numpy(), proposals.numpy())
     assert r_s.dtype == torch.float32 and r_t.dtype == torch.float32
     np.testing.assert_allclose(r_s.numpy(), ref_s, rtol=2e-5, atol=1e-30)
@@ -64,7 +82,7 @@ def test_paper_vcrd_prob_weight_follows_from_the_scores() -> None:
     proposals = torch.where(
         torch.arange(60) % 2 == 0, logits.argmax(-1), torch.randint(0, 1000, (60,), generator=torch.Generator())
     )
-    r_s, r_t = make_judge().score_from_logits(logits, proposals)
+    r_s, r_t = row_scores(make_judge(), logits, proposals)
     w = paper_weight(r_s.double().numpy(), r_t.double().numpy())
     w_ref = paper_weight(*reference_scores(logits.numpy(), proposals.numpy()))
     # The data must reach both clamps and the interior, or this test would prove little.
@@ -80,7 +98,7 @@ def test_log_clamp_weighting_rule_reproduces_the_paper_vcrd_prob_weight() -> Non
     proposals = torch.where(
         torch.arange(60) % 2 == 0, logits.argmax(-1), torch.randint(0, 1000, (60,), generator=torch.Generator())
     )
-    r_s, r_t = make_judge().score_from_logits(logits, proposals)
+    r_s, r_t = row_scores(make_judge(), logits, proposals)
     w = rule(r_s, r_t)
     w_ref = paper_weight(*reference_scores(logits.numpy(), proposals.numpy()))
     assert (w_ref == 0.5).any() and (w_ref == 2.0).any()
@@ -92,11 +110,11 @@ def test_padded_lm_head_columns_get_no_probability_mass() -> None:
     logits = torch.randn(12, padded, generator=torch.Generator().manual_seed(5))
     logits[:, real:] = 40.0  # garbage in the padding would dominate the softmax if it took part
     proposals = torch.randint(0, real, (12,), generator=torch.Generator().manual_seed(6))
-    r_s, r_t = make_judge(vocab_size=real).score_from_logits(logits, proposals)
+    r_s, r_t = row_scores(make_judge(vocab_size=real), logits, proposals)
     ref_s, ref_t = reference_scores(logits.numpy(), proposals.numpy(), vocab_size=real)
     np.testing.assert_allclose(r_s.numpy(), ref_s, rtol=2e-5)
     np.testing.assert_allclose(r_t.numpy(), ref_t, rtol=2e-5)
-    unsliced_s, _ = make_judge().score_from_logits(logits, proposals)
+    unsliced_s, _ = row_scores(make_judge(), logits, proposals)
     assert (unsliced_s < 1e-10).all()  # without the real vocabulary the padding takes all the mass
 
 
@@ -111,7 +129,7 @@ def test_extreme_logits_give_finite_scores_matching_reference() -> None:
         ]
     )
     proposals = torch.tensor([1, 1, 3, 2])
-    r_s, r_t = make_judge().score_from_logits(logits, proposals)
+    r_s, r_t = row_scores(make_judge(), logits, proposals)
     ref_s, ref_t = reference_scores(logits.double().numpy(), proposals.numpy())
     assert torch.isfinite(r_s).all() and torch.isfinite(r_t).all()
     np.testing.assert_allclose(r_s.numpy(), ref_s, rtol=2e-5, atol=1e-38)
@@ -121,7 +139,7 @@ def test_extreme_logits_give_finite_scores_matching_reference() -> None:
 def test_minus_infinity_logits_score_zero_and_do_not_make_nan() -> None:
     logits = torch.tensor([[0.0, -math.inf, 1.0, -math.inf], [-math.inf, 2.0, -math.inf, -math.inf]])
     proposals = torch.tensor([1, 1])
-    r_s, r_t = make_judge().score_from_logits(logits, proposals)
+    r_s, r_t = row_scores(make_judge(), logits, proposals)
     assert r_s[0].item() == 0.0
     assert r_s[1].item() == 1.0 and r_t[1].item() == 1.0  # one finite logit: a point mass
     e = math.exp(-1.0)
@@ -135,7 +153,7 @@ def test_top_k_larger_than_the_real_vocabulary_is_clipped_to_it(top_k: int) -> N
     logits = torch.randn(6, 20, generator=torch.Generator().manual_seed(7))
     logits[:, 10:] = 5.0  # padding beyond the real vocabulary of 10
     proposals = torch.zeros(6, dtype=torch.long)
-    _, r_t = make_judge(vocab_size=10, top_k=top_k).score_from_logits(logits, proposals)
+    _, r_t = row_scores(make_judge(vocab_size=10, top_k=top_k), logits, proposals)
     p = torch.softmax(logits[:, :10].double(), -1)
     np.testing.assert_allclose(r_t.numpy(), (p**2).sum(-1).numpy(), rtol=2e-6)
 
@@ -143,8 +161,8 @@ def test_top_k_larger_than_the_real_vocabulary_is_clipped_to_it(top_k: int) -> N
 def test_top_k_selects_only_the_k_largest_probabilities() -> None:
     logits = torch.randn(6, 30, generator=torch.Generator().manual_seed(8))
     proposals = torch.zeros(6, dtype=torch.long)
-    _, r_t1 = make_judge(top_k=1).score_from_logits(logits, proposals)
-    _, r_t5 = make_judge(top_k=5).score_from_logits(logits, proposals)
+    _, r_t1 = row_scores(make_judge(top_k=1), logits, proposals)
+    _, r_t5 = row_scores(make_judge(top_k=5), logits, proposals)
     p = torch.softmax(logits.double(), -1)
     np.testing.assert_allclose(r_t1.numpy(), (p.max(-1).values ** 2).numpy(), rtol=2e-6)
     np.testing.assert_allclose(r_t5.numpy(), (p.topk(5, -1).values ** 2).sum(-1).numpy(), rtol=2e-6)
@@ -153,7 +171,7 @@ def test_top_k_selects_only_the_k_largest_probabilities() -> None:
 def test_temperature_divides_the_teacher_logits() -> None:
     logits = torch.randn(8, 40, generator=torch.Generator().manual_seed(9)) * 3
     proposals = torch.randint(0, 40, (8,), generator=torch.Generator().manual_seed(10))
-    r_s, r_t = make_judge(temperature=2.0).score_from_logits(logits, proposals)
+    r_s, r_t = row_scores(make_judge(temperature=2.0), logits, proposals)
     ref_s, ref_t = reference_scores(logits.numpy(), proposals.numpy(), temperature=2.0)
     np.testing.assert_allclose(r_s.numpy(), ref_s, rtol=2e-5)
     np.testing.assert_allclose(r_t.numpy(), ref_t, rtol=2e-5)
@@ -162,7 +180,7 @@ def test_temperature_divides_the_teacher_logits() -> None:
 def test_bfloat16_logits_are_scored_in_float32() -> None:
     logits = (torch.randn(10, 64, generator=torch.Generator().manual_seed(11)) * 4).bfloat16()
     proposals = torch.randint(0, 64, (10,), generator=torch.Generator().manual_seed(12))
-    r_s, r_t = make_judge().score_from_logits(logits, proposals)
+    r_s, r_t = row_scores(make_judge(), logits, proposals)
     ref_s, ref_t = reference_scores(logits.double().numpy(), proposals.numpy())
     assert r_s.dtype == torch.float32
     np.testing.assert_allclose(r_s.numpy(), ref_s, rtol=2e-5)
@@ -172,8 +190,8 @@ def test_bfloat16_logits_are_scored_in_float32() -> None:
 def test_chunk_size_does_not_change_the_scores() -> None:
     logits = torch.randn(3, 7, 50, generator=torch.Generator().manual_seed(13))
     proposals = torch.randint(0, 50, (3, 7), generator=torch.Generator().manual_seed(14))
-    one = make_judge(chunk_size=1).score_from_logits(logits, proposals)
-    many = make_judge(chunk_size=1000).score_from_logits(logits, proposals)
+    one = row_scores(make_judge(chunk_size=1), logits, proposals)
+    many = row_scores(make_judge(chunk_size=1000), logits, proposals)
     assert one[0].shape == (3, 7)
     assert torch.equal(one[0], many[0]) and torch.equal(one[1], many[1])
 
@@ -266,13 +284,7 @@ def test_greedy_token_outside_the_real_vocabulary_is_refused() -> None:
 
 def test_logits_narrower_than_the_tokenizer_vocabulary_are_refused() -> None:
     with pytest.raises(VcrdError, match=r"tokenizer has 20 ids but the teacher logits have 16 columns"):
-        make_judge(vocab_size=20).score_from_logits(torch.zeros(2, 16), torch.zeros(2, dtype=torch.long))
-
-
-def test_mismatched_shapes_are_refused_in_one_line() -> None:
-    with pytest.raises(VcrdError) as info:
-        make_judge().score_from_logits(torch.zeros(3, 8), torch.zeros(4, dtype=torch.long))
-    assert "\n" not in str(info.value)
+        row_scores(make_judge(vocab_size=20), torch.zeros(2, 16), torch.zeros(2, dtype=torch.long))
 
 
 def test_registered_under_its_name_with_validated_params() -> None:
