@@ -170,20 +170,5 @@ class RunPlan:
 
     def objective(self, *, vocab_size: int | None) -> VCRDObjective:
         """The objective of the computed streams (a stream that is off or has ``λ = 0`` is not built)."""
-        o = self.config.objective
-        computed = self.computed()
-
-        def loss(stream: Stream) -> StreamLoss | None:
-            s = computed.get(stream.value)
-            return None if s is None else StreamLoss(s.divergence, s.lam)
-
-        return VCRDObjective(
-            loss(Stream.TEACHER_PREFIX),
-            loss(Stream.STUDENT_PREFIX),
-            reduction=o.reduction,
-            temperature=o.temperature,
-            vocab_size=vocab_size,
-            chunk_size=o.chunk_size,
-            weight_warn_max=o.weight_warn_max,
-            compile=o.compile,
-        )
+        losses = {k: StreamLoss(s.divergence, s.lam) for k, s in self.computed().items()}
+        return VCRDObjective.from_config(self.config.objective, vocab_size=vocab_size, losses=losses)

@@ -15,15 +15,14 @@ from pathlib import Path
 
 from vcrd_core.errors import VcrdError
 from vcrd_core.judging.analysis import (
-    DEFAULT_PARITY_TOL,
     HISTOGRAM_FILE,
     STATS_FILE,
     ValidityStats,
-    check_parity_tol,
     plot_validity_histogram,
     validity_stats,
 )
 from vcrd_core.judging.score_records import read_records
+from vcrd_core.regimes import DEFAULT_PARITY_TOL, check_parity_tol
 from vcrd_core.rollouts.store import MANIFEST, RolloutStore
 from vcrd_core.runs.console import console
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import argparse
 
-from vcrd_core.config.loader import load_config, validate_components
+from vcrd_core.config.loader import load_config
 from vcrd_core.rollouts.run import generate_rollouts, print_summary
 from vcrd_core.runs.console import console
 
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.file, args.set)
-    validate_components(config)
     result = generate_rollouts(config, shard=args.shard, overwrite=args.overwrite, console=console(stderr=True))
     print_summary(result.summary, console())
     return 0

@@ -7,15 +7,14 @@ import argparse
 
 from rich.table import Table
 
-from vcrd_core.config.loader import load_config, validate_components
-from vcrd_core.judging.analysis import DEFAULT_PARITY_TOL
+from vcrd_core.config.loader import load_config
+from vcrd_core.regimes import DEFAULT_PARITY_TOL
 from vcrd_core.rollouts.scoring import score_store
 from vcrd_core.runs.console import console
 
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.file, args.set)
-    validate_components(config)
     summary = score_store(config, batch_size=args.batch_size, overwrite=args.overwrite, console=console(stderr=True))
     table = Table(title=f"scores in {summary['store']} (parity: |w - 1| <= {DEFAULT_PARITY_TOL})")
     for col in ("stream", "rule", "points", "attenuation", "parity", "amplification", "w p50", "w max"):

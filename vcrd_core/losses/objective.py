@@ -346,16 +346,25 @@ class VCRDObjective:
         self.parity_tol = check_parity_tol(parity_tol)
 
     @classmethod
-    def from_config(cls, config: ObjectiveConfig, *, vocab_size: int | None = None) -> VCRDObjective:
-        """The objective a run config's ``objective`` section declares (disabled streams are left out)."""
-        losses: dict[str, StreamLoss | None] = {}
-        for name in (Stream.TEACHER_PREFIX.value, Stream.STUDENT_PREFIX.value):
-            stream = getattr(config, name)
-            div = create(stream.divergence.kind, stream.divergence.name, stream.divergence.params)
-            losses[name] = StreamLoss(div, stream.lam) if stream.enabled else None  # type: ignore[arg-type]
+    def from_config(
+        cls,
+        config: ObjectiveConfig,
+        *,
+        vocab_size: int | None = None,
+        losses: Mapping[str, StreamLoss | None] | None = None,
+    ) -> VCRDObjective:
+        """The objective a run config's ``objective`` section declares (disabled streams are left out); ``losses``:
+        the streams' :class:`StreamLoss` when the caller built them already (the run plan), else from ``config``."""
+        if losses is None:
+            built: dict[str, StreamLoss | None] = {}
+            for name in (Stream.TEACHER_PREFIX.value, Stream.STUDENT_PREFIX.value):
+                stream = getattr(config, name)
+                div = create(stream.divergence.kind, stream.divergence.name, stream.divergence.params)
+                built[name] = StreamLoss(div, stream.lam) if stream.enabled else None  # type: ignore[arg-type]
+            losses = built
         return cls(
-            losses[Stream.TEACHER_PREFIX.value],
-            losses[Stream.STUDENT_PREFIX.value],
+            losses.get(Stream.TEACHER_PREFIX.value),
+            losses.get(Stream.STUDENT_PREFIX.value),
             reduction=config.reduction,
             temperature=config.temperature,
             vocab_size=vocab_size,

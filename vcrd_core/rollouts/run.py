@@ -146,7 +146,7 @@ def generate_rollouts(
     generator.check()
     # The rollout stage writes no run markers (its store has its own identity check): the output
     # directory check of a training run does not apply here.
-    found = preflight(config.model_copy(update={"output": config.output.model_copy(update={"overwrite": True})}))
+    found = preflight(config, output_dir=False)
     tokenizer_path = config.models.tokenizer or config.models.student.path
     try:
         prompts = load_prompts(config.data.train, config.data, found.tokenizer)

@@ -88,6 +88,36 @@ def _per_row(values: torch.Tensor | None, rows: list[dict[str, Any]], cast: Any)
     return out
 
 
+def score_stream_batch(
+    stream: StreamPlan,
+    batch: StreamBatch,
+    teacher_logits: torch.Tensor | None,
+    student_logits: torch.Tensor | None,
+    *,
+    vocab_size: int | None,
+    generator: torch.Generator | None,
+) -> ScoredBatch:
+    """:func:`~vcrd_core.judging.scoring.score_batch` on one stream's batch with that stream's plan (judge, rule,
+    proposal policy and sampling): what ``vcrd score``, the static cache and online training all call."""
+    return score_batch(
+        stream.stream,
+        batch.input_ids,
+        batch.attention_mask,
+        batch.points,
+        teacher_logits,
+        student_logits,
+        stream.judge,
+        stream.rule,
+        proposal=stream.proposal,
+        temperature=stream.temperature,
+        top_p=stream.top_p,
+        vocab_size=vocab_size,
+        prompt_lengths=batch.prompt_lengths,
+        generator=generator,
+        examples=batch.examples,
+    )
+
+
 def score_store_batch(
     rows: list[dict[str, Any]],
     stream: StreamPlan,
@@ -115,23 +145,7 @@ def score_store_batch(
         t_logits = teacher(input_ids=ids, attention_mask=attn).logits.float()
         s_logits = student(input_ids=ids, attention_mask=attn).logits.float()
     gen = torch.Generator(device=device).manual_seed(seed)
-    scored = score_batch(
-        stream.stream,
-        ids,
-        attn,
-        batch.points,
-        t_logits,
-        s_logits,
-        stream.judge,
-        stream.rule,
-        proposal=stream.proposal,
-        temperature=stream.temperature,
-        top_p=stream.top_p,
-        vocab_size=vocab_size,
-        prompt_lengths=batch.prompt_lengths,
-        generator=gen,
-        examples=batch.examples,
-    )
+    scored = score_stream_batch(stream, batch, t_logits, s_logits, vocab_size=vocab_size, generator=gen)
     columns = {
         "proposals": _per_row(scored.proposals, rows, int),
         "same_token": _per_row(scored.same_token, rows, bool),
@@ -185,7 +199,7 @@ def score_store(
     streams = plan.by_role(store.layout().roles)
     if not streams:
         raise VcrdError("no enabled stream has rollouts in the store: nothing to score")
-    found = preflight(config.model_copy(update={"output": config.output.model_copy(update={"overwrite": True})}))
+    found = preflight(config, output_dir=False)
     wanted = scoring_identity(config, streams)
     previous = manifest.get("scoring")
     if previous is not None and previous != json.loads(json.dumps(wanted)) and not overwrite:

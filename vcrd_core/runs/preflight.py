@@ -23,7 +23,7 @@ from vcrd_core.config.models import DataConfig, RunConfig
 from vcrd_core.data.prompts import PromptSet, check_fields, check_source, load_prompts, load_rows
 from vcrd_core.errors import ConfigError, VcrdError
 from vcrd_core.judging.judge import Judge, JudgeContext
-from vcrd_core.plugins.registry import create
+from vcrd_core.plan import RunPlan
 
 #: Files that mark a directory as holding a vcrd run.
 RUN_MARKERS = ("provenance.json", "config.yaml")
@@ -123,14 +123,8 @@ def check_prompts(path: str, field: str, where: str) -> None:
 
 
 def _judges(config: RunConfig) -> dict[str, Judge]:
-    found: dict[str, Judge] = {}
-    if config.judge is not None:
-        found["judge"] = create(config.judge.kind or "judges", config.judge.name, config.judge.params, path="judge")
-    for name, stream in config.streams().items():
-        if stream.judge is not None:
-            path = f"objective.{name}.judge"
-            found[path] = create(stream.judge.kind or "judges", stream.judge.name, stream.judge.params, path=path)
-    return found  # type: ignore[return-value]
+    """The run's judges by the YAML path they come from (the run plan's: only those a stream's rule reads)."""
+    return {s.judge_path: s.judge for s in RunPlan.of(config).streams.values() if s.judge is not None}
 
 
 @dataclass
@@ -159,13 +153,15 @@ def _read_prompts(path: str, data: DataConfig, tokenizer: Any, where: str) -> Pr
     return None
 
 
-def check_all(config: RunConfig, *, read_prompts: bool = True) -> Check:
+def check_all(config: RunConfig, *, read_prompts: bool = True, output_dir: bool = True) -> Check:
     """Every run-time check, each problem collected (none stops the others), most fundamental first: model
     directories and the tokenizer, the prompt files, the judges, the accelerate config, the output directory.
 
     ``read_prompts``: read every record of ``data.train`` and ``data.eval`` (``vcrd config check``); otherwise
     only the first record is checked (a run's start: the stage that uses the prompts reads them itself).
-    ``data.eval`` needs only ``data.prompt_field``. Loads tokenizers and checkpoint headers, never model weights.
+    ``data.eval`` needs only ``data.prompt_field``. ``output_dir``: check the output directory too (False for a
+    command that checks its own: ``vcrd train``'s resume rules, the store of ``vcrd rollouts`` / ``vcrd score``).
+    Loads tokenizers and checkpoint headers, never model weights.
     """
     problems: list[ConfigError] = []
 
@@ -217,7 +213,9 @@ def check_all(config: RunConfig, *, read_prompts: bool = True) -> Check:
         )
 
     out = Path(config.output.dir)
-    if out.exists() and not out.is_dir():
+    if not output_dir:
+        pass
+    elif out.exists() and not out.is_dir():
         problems.append(ConfigError("output.dir", f"'{out}' exists and is not a directory"))
     elif out.exists() and any((out / m).exists() for m in RUN_MARKERS) and not config.output.overwrite:
         problems.append(
@@ -229,9 +227,10 @@ def check_all(config: RunConfig, *, read_prompts: bool = True) -> Check:
     return Check(problems=problems, preflight=found, prompts=prompts)
 
 
-def preflight(config: RunConfig) -> Preflight:
-    """Every run-time check (:func:`check_all`, the prompt files' first records only); raises the first problem."""
-    check = check_all(config, read_prompts=False)
+def preflight(config: RunConfig, *, output_dir: bool = True) -> Preflight:
+    """Every run-time check (:func:`check_all`, the prompt files' first records only); raises the first problem.
+    Each command calls it once, at its start."""
+    check = check_all(config, read_prompts=False, output_dir=output_dir)
     if check.problems:
         raise check.problems[0]
     assert check.preflight is not None

@@ -223,7 +223,7 @@ def prepare(config: RunConfig, *, resume: bool, rows: Iterable[Mapping[str, Any]
     """Every check before a model is loaded (``rows``: rollout rows instead of the store's, e.g. from tests)."""
     kwargs = training_arguments_kwargs(config, world_size())
     out = check_output_dir(config, resume)
-    checked = preflight(config.model_copy(update={"output": config.output.model_copy(update={"overwrite": True})}))
+    checked = preflight(config, output_dir=False)
     plan = RunPlan.of(config)
     computed = plan.computed()
     need_weights = plan.offline_weights()

@@ -31,10 +31,11 @@ import torch
 from vcrd_core.decision_points import DecisionPoints, Stream
 from vcrd_core.errors import VcrdError
 from vcrd_core.judging.judge import Need, RowJudge
-from vcrd_core.judging.scoring import RowWeights, logits_needed, score_batch
+from vcrd_core.judging.scoring import RowWeights, logits_needed
 from vcrd_core.losses.engines import FusedLinearEngine, LossEngine
 from vcrd_core.plan import StreamPlan
 from vcrd_core.rollouts.generator import derive_seed
+from vcrd_core.rollouts.scoring import score_stream_batch
 from vcrd_core.rollouts.sequences import StreamBatch
 
 
@@ -104,23 +105,8 @@ class OnlineWeights(WeightSource):
             # NaN / +inf logits (an overflow) cannot be scored: the non-finite guard skips this step.
             step.nonfinite = True
             return torch.zeros(batch.points.shape, device=device)
-        scored = score_batch(
-            plan.stream,
-            batch.input_ids,
-            batch.attention_mask,
-            batch.points,
-            t_logits,
-            s_logits,
-            plan.judge,
-            plan.rule,
-            proposal=plan.proposal,
-            temperature=plan.temperature,
-            top_p=plan.top_p,
-            vocab_size=step.vocab_size,
-            prompt_lengths=batch.prompt_lengths,
-            generator=step.generator(plan.name, device) if plan.judge is not None else None,
-            examples=batch.examples,
-        )
+        gen = step.generator(plan.name, device) if plan.judge is not None else None
+        scored = score_stream_batch(plan, batch, t_logits, s_logits, vocab_size=step.vocab_size, generator=gen)
         return scored.weights.detach()
 
 
@@ -201,11 +187,7 @@ class StaticCacheWeights(StoreWeights):
                     input_ids=batch.input_ids.to(teacher_device), attention_mask=batch.attention_mask.to(teacher_device)
                 )
             gen = torch.Generator(device=device).manual_seed(derive_seed(seed, "static", plan.name, c))
-            scored = score_batch(
-                plan.stream, batch.input_ids, batch.attention_mask, batch.points, out.logits.to(device), None,
-                plan.judge, plan.rule, proposal=plan.proposal, temperature=plan.temperature, top_p=plan.top_p,
-                vocab_size=vocab_size, prompt_lengths=batch.prompt_lengths, generator=gen, examples=batch.examples,
-            )  # fmt: skip
+            scored = score_stream_batch(plan, batch, out.logits.to(device), None, vocab_size=vocab_size, generator=gen)
             w = scored.weights.detach().float().cpu()
             for b, i in enumerate(idx):
                 p, r = len(seqs[b].prompt), len(seqs[b].response)
