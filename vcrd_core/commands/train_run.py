@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 
 from vcrd_core.config.loader import load_config
 from vcrd_core.training.run import run_train
@@ -14,7 +15,8 @@ def train(args: argparse.Namespace) -> int:
     config = load_config(args.file, args.set)
     summary = run_train(config, resume=args.resume, merge=args.merge)
     saved = "LoRA adapter" if config.training.lora.enabled else "model"
-    print(f"trained {summary['global_step']} steps; {saved} in {summary['final_dir']}")
+    evaluate = shlex.join(["vcrd", "eval", args.file, *(a for value in args.set for a in ("--set", value))])
+    print(f"trained {summary['global_step']} steps; {saved} in {summary['final_dir']} (evaluate it: {evaluate})")
     return 0
 
 
