@@ -29,7 +29,7 @@ class Kind:
 
     name: str
     singular: str
-    #: The public name of the base class (``vcrd_core.Judge``); the class itself declares ``kind = <name>``.
+    #: The name of the base class (``Judge``); the class itself declares ``kind = <name>``.
     base: str
     spec: type[ComponentSpec]
 
@@ -49,11 +49,11 @@ def _kind(name: str, singular: str, base: str, spec_name: str) -> Kind:
 KINDS: Final[dict[str, Kind]] = {
     k.name: k
     for k in (
-        _kind(DIVERGENCES, "divergence", "vcrd_core.Divergence", "DivergenceSpec"),
-        _kind(WEIGHTING, "weighting rule", "vcrd_core.WeightingRule", "WeightingSpec"),
-        _kind(JUDGES, "judge", "vcrd_core.Judge", "JudgeSpec"),
-        _kind(EVALUATORS, "evaluator", "vcrd_core.Evaluator", "EvaluatorSpec"),
-        _kind(GENERATORS, "generator", "vcrd_core.Generator", "GeneratorSpec"),
+        _kind(DIVERGENCES, "divergence", "Divergence", "DivergenceSpec"),
+        _kind(WEIGHTING, "weighting rule", "WeightingRule", "WeightingSpec"),
+        _kind(JUDGES, "judge", "Judge", "JudgeSpec"),
+        _kind(EVALUATORS, "evaluator", "Evaluator", "EvaluatorSpec"),
+        _kind(GENERATORS, "generator", "Generator", "GeneratorSpec"),
     )
 }
 

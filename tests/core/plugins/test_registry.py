@@ -259,9 +259,14 @@ def test_every_kind_in_the_table_has_its_registration_hookspec_and_nothing_else_
 
     registration_hooks = {name for name in vars(hookspecs) if name.startswith("vcrd_register_")}
     assert registration_hooks == {kind.hook for kind in KINDS.values()}
-    for kind in KINDS.values():
+    from vcrd_core.evaluation.evaluator import Evaluator
+    from vcrd_core.rollouts.generator import Generator
+
+    bases = [vcrd_core.Divergence, vcrd_core.WeightingRule, vcrd_core.Judge, Evaluator, Generator]
+    for kind, base in zip(KINDS.values(), bases, strict=True):
         assert kind.spec.kind == kind.name  # a nested {name, params} block is validated against this kind
-        assert issubclass(kind.base, vcrd_core.Component)
+        # the table names the base class; the base class declares the kind (the table imports none of them)
+        assert issubclass(base, vcrd_core.Component) and base.__name__ == kind.base and base.kind == kind.name
 
 
 def test_each_base_class_carries_its_kind_from_the_table() -> None:
