@@ -417,7 +417,7 @@ def run_evaluation(
     tok_path = path if own_tokenizer else (config.models.tokenizer or config.models.student.path)
     tokenizer = load_tokenizer(tok_path, target.where if own_tokenizer else "models.tokenizer")
     out = Path(out_dir or ev_config.dir or Path(config.output.dir) / "eval" / target.label)
-    console.print(f"evaluating {target.description}")
+    console.print(f"evaluating {target.description}", soft_wrap=True)  # one line whatever the width
     with _whole_model(target, out, console) as model_dir:
         generator.load(
             GeneratorContext(
