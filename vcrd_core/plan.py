@@ -15,7 +15,7 @@ cache, the student-rollout policy (today: ``static``, the rollouts in the store)
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from vcrd_core.config.models import ModelSpec, RunConfig
@@ -84,8 +84,14 @@ class RunPlan:
     cache_static: bool
     #: Where the student-prefix stream's sequences come from: ``static`` (the rollout store, generated once).
     student_rollouts: str = "static"
-    teacher: ModelSpec = field(default=None)  # type: ignore[assignment]
-    student: ModelSpec = field(default=None)  # type: ignore[assignment]
+
+    @property
+    def teacher(self) -> ModelSpec:
+        return self.config.models.teacher
+
+    @property
+    def student(self) -> ModelSpec:
+        return self.config.models.student
 
     @classmethod
     def of(cls, config: RunConfig) -> RunPlan:
@@ -137,8 +143,6 @@ class RunPlan:
             streams=streams,
             mode=config.scoring.mode,
             cache_static=config.scoring.cache_static,
-            teacher=config.models.teacher,
-            student=config.models.student,
         )
 
     def computed(self) -> dict[str, StreamPlan]:

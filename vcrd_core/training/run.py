@@ -59,11 +59,6 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def active_streams(config: RunConfig) -> list[str]:
-    """The streams that are computed: enabled with ``λ > 0`` (others cost nothing)."""
-    return [name for name, s in config.streams().items() if s.lam > 0]
-
-
 def check_output_dir(config: RunConfig, resume: bool) -> Path:
     """Refuse an output directory that holds a different run, or this run without ``--resume``."""
     out = Path(config.output.dir)
@@ -340,7 +335,7 @@ def run_train(
         step = int(checkpoint.name.split("-")[1])
         _truncate_metrics(out, step)
         print(f"resuming from {checkpoint} (step {step})", file=sys.stderr, flush=True)
-    start_run(config, out, resume, training={"streams": active_streams(config)})
+    start_run(config, out, resume, training={"streams": list(prepared.plan.computed())})
     trainer = build_trainer(config, prepared, teacher=teacher, student=student)
     with say_how_to_resume(out):
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
