@@ -81,12 +81,18 @@ if importlib.util.find_spec("vcrd_core") is None:  # a plain checkout without `p
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 PARTS = ("teacher_forward", "student_forward", "judge", "loss", "backward")
+#: On-policy variants only: seconds spent generating the step's student rollouts and syncing the generator.
+GENERATION_PARTS = ("generation", "sync")
 VARIANTS = ("constant", "offline_vcrd", "online_teacher_likelihood", "online_prm_value_head")
+#: Opt-in (``--variants``): online teacher_likelihood with the student rollouts generated every step.
+ON_POLICY_VARIANTS = ("on_policy_hf", "on_policy_vllm")
 LABELS = {
     "constant": "constant (SKL+SRKL)",
     "offline_vcrd": "offline VCRD",
     "online_teacher_likelihood": "online teacher_likelihood",
     "online_prm_value_head": "online prm_value_head",
+    "on_policy_hf": "on-policy hf, online teacher_likelihood",
+    "on_policy_vllm": "on-policy vllm colocated, online teacher_likelihood",
 }
 
 #: Qwen2.5-1.5B's and Qwen2.5-7B's config.json values (the architecture; dtype and ids are set below).
@@ -162,7 +168,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
     ap.add_argument("--steps", type=int, default=5, help="timed steps (default 5)")
     ap.add_argument("--full-finetune", action="store_true", help="train every weight (training.lora.enabled: false)")
-    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {', '.join(VARIANTS)}")
+    choices = (*VARIANTS, *ON_POLICY_VARIANTS)
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {', '.join(choices)}")
     ap.add_argument(
         "--loss-engine",
         choices=("auto", "fused_linear", "logits"),
@@ -176,9 +183,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory (runs, PRM checkpoint)")
     args = ap.parse_args(argv)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = [v for v in args.variants if v not in VARIANTS]
+    unknown = [v for v in args.variants if v not in choices]
     if unknown or not args.variants:
-        ap.error(f"--variants: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(VARIANTS)}")
+        ap.error(f"--variants: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(choices)}")
     if args.prompt_length is None:
         args.prompt_length = 16 if args.tiny else 256
     if args.response_length is None:
@@ -361,8 +368,22 @@ def rollout_rows(n: int, prompt_length: int, response_length: int, tokenizer: An
 # ----- one variant ------------------------------------------------------------------------------------------------
 
 
-def variant_sections(name: str, prm_path: Path | None) -> tuple[dict[str, Any], bool]:
+def variant_sections(
+    name: str, prm_path: Path | None, args: argparse.Namespace | None = None
+) -> tuple[dict[str, Any], bool]:
     """The config sections of a variant and whether its rollouts carry weights."""
+    if name in ON_POLICY_VARIANTS:
+        assert args is not None
+        backend = name.removeprefix("on_policy_")
+        generator: dict[str, Any] = {"name": backend}
+        if backend == "vllm":  # the student exists in memory only: a dummy load, then the first sync sends it
+            generator["params"] = {"gpu_memory_utilization": 0.25, "max_model_len": args.prompt_length +
+                                   args.response_length, "engine_kwargs": {"load_format": "dummy"}}  # fmt: skip
+        return {
+            "judge": {"name": "teacher_likelihood"},
+            "on_policy": {"schedule": "steps", "generator": generator},
+            "rollouts": {"max_new_tokens": args.response_length, "temperature": 1.0},
+        }, False
     if name == "constant":
         return {"weighting": {"name": "constant"}, "judge": None}, False
     if name == "offline_vcrd":
@@ -378,7 +399,7 @@ def run_config(
     from vcrd_core.config.loader import validate_components
     from vcrd_core.config.models import RunConfig
 
-    sections, offline = variant_sections(name, prm)
+    sections, offline = variant_sections(name, prm, args)
     total = args.warmup + args.steps
     engine = {} if args.loss_engine is None else {"loss_engine": args.loss_engine}
     train_args: dict[str, Any] = {"disable_tqdm": True, "dataloader_num_workers": 0, "save_strategy": "no"}
@@ -544,7 +565,7 @@ def run_variant(
     steps = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
     timed = steps[args.warmup :]
     step = median([s["step_seconds"] for s in timed])
-    parts = {p: median([s[f"time/{p}"] for s in timed]) for p in PARTS}
+    parts = {p: median([s.get(f"time/{p}", 0.0) for s in timed]) for p in (*PARTS, *GENERATION_PARTS)}
     tps = median([s["tokens_per_second"] for s in timed])
     flops = policy_flops(args, costs["teacher"], costs["student"])
     flops["judge"] = 0.0
@@ -577,8 +598,37 @@ def run_variant(
         "nonfinite_steps": int(max((s.get("nonfinite_steps", 0) for s in steps), default=0)),
         "final_loss": steps[-1].get("loss") if steps else None,
     }
+    if name in ON_POLICY_VARIANTS:
+        result["generation_tokens_per_second"] = median([s["on_policy/tokens_per_second"] for s in timed])
+        result["generated_tokens_per_step"] = median(
+            [s["on_policy/tokens_per_second"] * s["time/generation"] for s in timed]
+        )
+        if name == "on_policy_vllm":
+            result["standalone_vllm_tokens_per_second"] = standalone_vllm_speed(config, tokenizer, rows, args)
     del trainer, student, body, bodies, prepared
     return result
+
+
+def standalone_vllm_speed(config: Any, tokenizer: Any, rows: list[dict], args: argparse.Namespace) -> float:
+    """Tokens/s of a separate vLLM engine (dummy weights, same shapes, same sampling) on the same prompts, the
+    reference the colocated engine's generation is compared with (goal: within 1.1x)."""
+    from vcrd_core.plugins.registry import create
+    from vcrd_core.rollouts.generator import GeneratorContext, Sampling
+
+    spec = config.on_policy.generator_spec()
+    gen = create("generators", "vllm", spec.params)
+    path = config.models.student.path
+    gen.load(GeneratorContext(path, tokenizer, path, len(tokenizer), "bfloat16", extra={"seed": 0}))
+    prompts = [r["prompt_token_ids"] for r in rows if r["role"] == "student"][: args.batch]
+    sampling = Sampling(max_new_tokens=args.response_length, temperature=1.0, seed=0)
+    gen.generate(prompts, sampling)
+    speeds = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        out = gen.generate(prompts, sampling)
+        speeds.append(sum(len(o[0].token_ids) for o in out) / (time.perf_counter() - t0))
+    gen.close()
+    return median(speeds)
 
 
 # ----- report -----------------------------------------------------------------------------------------------------
@@ -635,6 +685,20 @@ def report(results: dict[str, Any]) -> None:
             f"| {f['student_backward'] / 1e12:.4g} | {f['judge'] / 1e12:.4g} | {v['judge_tokens_per_step']:,.0f} "
             f"| {f['total'] / 1e12:.4g} |"
         )
+    on_policy = {n: v for n, v in variants.items() if n in ON_POLICY_VARIANTS and "error" not in v}
+    if on_policy:
+        print()
+        print("| on-policy variant | step (s) | generation (s) | sync (s) | generation share | sync share "
+              "| generation tok/s | standalone vLLM tok/s |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|---|")
+        for name, v in on_policy.items():
+            t = v["time_seconds"]
+            alone = v.get("standalone_vllm_tokens_per_second")
+            print(
+                f"| {LABELS[name]} | {v['step_seconds']:.3f} | {t['generation']:.3f} | {t['sync']:.3f} "
+                f"| {t['generation'] / v['step_seconds']:.0%} | {t['sync'] / v['step_seconds']:.1%} "
+                f"| {v['generation_tokens_per_second']:,.0f} | {fmt(alone, ',.0f')} |"
+            )
     m = results["models"]
     print(
         "P + V*H (non-embedding + LM head, M): "

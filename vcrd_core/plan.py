@@ -9,7 +9,8 @@ divergences, ``λ`` and where weights come from), the grid and the benchmarks (t
 Per stream (:class:`StreamPlan`): its divergence and ``λ``; its weighting rule; its judge (None when the rule
 reads no score: a run of ``constant`` rules loads no judge); how the *other* model proposes at each prefix
 (``sample`` / ``greedy``, with the rollouts' temperature and top-p). Run-wide: the scoring mode, the static
-cache, the student-rollout policy (today: ``static``, the rollouts in the store) and the models.
+cache, the student-rollout schedule (``static``: the rollouts in the store; ``steps`` / ``epoch``: generated
+during training, :mod:`vcrd_core.training.on_policy`) and the models.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ class StreamPlan:
     proposal: ProposalMode
     temperature: float
     top_p: float
+    #: Whether this stream trains on rollouts generated during training (``on_policy``: the student prefix only).
+    fresh: bool = False
 
     @property
     def name(self) -> str:
@@ -82,7 +85,8 @@ class RunPlan:
     streams: dict[str, StreamPlan]
     mode: str
     cache_static: bool
-    #: Where the student-prefix stream's sequences come from: ``static`` (the rollout store, generated once).
+    #: Where the student-prefix stream's sequences come from: ``static`` (the rollout store, generated once),
+    #: ``steps`` / ``epoch`` (generated during training from the live student, ``on_policy``).
     student_rollouts: str = "static"
 
     @property
@@ -137,12 +141,14 @@ class RunPlan:
                 proposal=other,  # type: ignore[arg-type]
                 temperature=config.rollouts.temperature,
                 top_p=config.rollouts.top_p,
+                fresh=stream is Stream.STUDENT_PREFIX and config.on_policy.fresh,
             )
         return cls(
             config=config,
             streams=streams,
             mode=config.scoring.mode,
             cache_static=config.scoring.cache_static,
+            student_rollouts=config.on_policy.schedule,
         )
 
     def computed(self) -> dict[str, StreamPlan]:

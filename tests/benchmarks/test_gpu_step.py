@@ -96,3 +96,17 @@ def test_cpu_needs_tiny() -> None:
     proc = run("--device", "cpu", timeout=300)
     assert proc.returncode == 2
     assert "--tiny" in proc.stderr
+
+
+@pytest.mark.slow
+def test_tiny_cpu_on_policy_variant_reports_generation_and_sync(tmp_path: Path) -> None:
+    out = tmp_path / "result.json"
+    proc = run("--device", "cpu", "--tiny", "--variants", "constant,on_policy_hf", "--warmup", "1", "--steps", "2",
+               "--json", str(out), "--workdir", str(tmp_path))  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    v = json.loads(out.read_text())["variants"]["on_policy_hf"]
+    assert "error" not in v, v
+    assert finite_positive(v["time_seconds"]["generation"]) and v["time_seconds"]["sync"] >= 0
+    assert finite_positive(v["generation_tokens_per_second"])
+    assert 0 < v["generated_tokens_per_step"] <= BATCH * RESPONSE
+    assert "| on-policy variant | step (s) | generation (s) |" in proc.stdout

@@ -339,7 +339,43 @@ def validate_components(config: RunConfig) -> dict[str, Any]:
             f"missing: the {stream} stream's weighting rule '{rule}' needs judge scores; set `judge:` "
             f"(e.g. {{name: teacher_likelihood}}) or use the weighting rule 'constant' for w = 1",
         )
+    check_on_policy(config, instances)
     return instances
+
+
+def check_on_policy(config: RunConfig, instances: dict[str, Any]) -> None:
+    """A student-rollout schedule that contradicts the rest of the config, refused with one line each: fresh
+    rollouts without a student-prefix stream, offline scores for sequences the store does not hold, a LoRA the
+    vLLM engine cannot receive merged."""
+    on = config.on_policy
+    if not on.fresh:
+        return
+    sp = config.streams().get("student_prefix")
+    if sp is None or sp.lam <= 0:
+        raise ConfigError(
+            "on_policy.schedule",
+            f"'{on.schedule}' generates student rollouts, which only the student_prefix stream trains on, and that "
+            "stream is off; enable it (lambda > 0) or use schedule: static",
+        )
+    if on.every_steps > 1 and on.schedule != "steps":
+        raise ConfigError("on_policy.every_steps", f"applies to schedule: steps only (schedule is '{on.schedule}')")
+    rule = instances["objective.student_prefix.weighting" if sp.weighting else "weighting"]
+    if config.scoring.mode == "offline" and rule.uses_scores():
+        raise ConfigError(
+            "scoring.mode",
+            f"offline weights are read from the rollout store, but on_policy.schedule '{on.schedule}' trains the "
+            "student_prefix stream on rollouts generated during training, which the store does not hold; use "
+            "scoring.mode: online (or the weighting rule 'constant' for that stream)",
+        )
+    lora = config.training.lora
+    if on.generator_spec().name == "vllm" and lora.enabled:
+        unsyncable = [t for t in lora.target_modules if t in ("lm_head", "embed_tokens")]
+        if unsyncable:
+            raise ConfigError(
+                "training.lora.target_modules",
+                f"a LoRA on {', '.join(unsyncable)} cannot be synced into the vllm engine (it ties or pads these "
+                "matrices); leave them out of target_modules or use on_policy.generator: {name: hf}",
+            )
 
 
 def validate(raw: RawConfig) -> RunConfig:

@@ -96,6 +96,49 @@ class RolloutsConfig(Section):
         return self.generator if self.generator is not None else GeneratorSpec(name=self.backend or "vllm")
 
 
+class OnPolicyConfig(Section):
+    """Student rollouts generated from the live student during training (Algorithm 1, line 9). The teacher is
+    frozen, so its rollouts always come from the store; only the student-prefix stream's sequences are fresh."""
+
+    schedule: Literal["static", "steps", "epoch"] = Field(
+        "static",
+        description="static: the store's student rollouts, generated once before training (the paper's experiments, "
+        "as DistiLLM-2); steps: generated during training from weights synced every `every_steps` optimizer steps "
+        "(1: Algorithm 1 as written); epoch: from weights synced at the start of each epoch.",
+    )
+    every_steps: int = Field(1, gt=0, description="With schedule: steps, sync the generator every N optimizer steps.")
+    lam: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        alias="lambda",
+        description="Probability that an optimizer step's student-prefix sequences are freshly generated (GKD's "
+        "lmbda; 1: fully on-policy); otherwise they come from the replay buffer (when it holds a batch) or the store.",
+    )
+    generator: GeneratorSpec | None = Field(
+        None, description="hf (the live student's generate) or vllm (an in-process engine, weight-synced); default hf."
+    )
+    sync: bool = Field(
+        True,
+        description="false: the generator keeps the initial student's weights (fresh samples from the frozen initial "
+        "student: the staleness ablation).",
+    )
+    buffer_size: int = Field(
+        0, ge=0, description="Replay buffer of generated rollouts (sequences, per process, oldest evicted); 0: none."
+    )
+    record: bool = Field(
+        False, description="Write every generated rollout to <output.dir>/on_policy/ (Parquet, with step and seed)."
+    )
+
+    @property
+    def fresh(self) -> bool:
+        """Whether student rollouts are generated during training."""
+        return self.schedule != "static"
+
+    def generator_spec(self) -> GeneratorSpec:
+        return self.generator if self.generator is not None else GeneratorSpec(name="hf")
+
+
 class ProposalsConfig(Section):
     """How the *other* model proposes at a rollout's prefix (SPEC "Proposals"; paper §2.1 samples)."""
 
@@ -225,6 +268,7 @@ class RunConfig(Section):
     )
     weighting: WeightingSpec = Field(default_factory=lambda: WeightingSpec(name="ratio"))
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+    on_policy: OnPolicyConfig = Field(default_factory=OnPolicyConfig)
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)

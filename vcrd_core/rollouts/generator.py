@@ -6,11 +6,17 @@ A generator turns tokenized prompts into sampled responses. Creating one from a 
 student's. Token ids are returned exactly as sampled (the store keeps them; text is only for people),
 including the token that ended a response (EOS), with the finish reason ``stop`` (EOS or a stop string)
 or ``length`` (``max_new_tokens`` reached).
+
+On-policy rollouts (:mod:`vcrd_core.training.on_policy`) generate from the student *being trained*, in one of two
+ways a generator declares: :attr:`Generator.reads_live_model` (it generates from the in-memory model handed in
+``GeneratorContext.extra["model"]``, as it is at each call: ``hf``), or :meth:`Generator.update_weights` (it holds
+its own copy, e.g. an inference engine, and receives the student's current weights before it generates: ``vllm``).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -78,6 +84,10 @@ class Generator(Component):
     """Base of rollout generators. Subclasses implement :meth:`load` and :meth:`generate`."""
 
     kind: ClassVar[str] = GENERATORS
+    #: Generates from the model in ``context.extra["model"]`` as it is at each call (a live student needs no sync).
+    reads_live_model: ClassVar[bool] = False
+    #: :meth:`update_weights` is implemented (the generator can follow a student that is being trained).
+    syncs_weights: ClassVar[bool] = False
 
     def check(self) -> None:
         """Cheap checks before any model is loaded (e.g. an optional dependency is installed)."""
@@ -89,6 +99,11 @@ class Generator(Component):
     def generate(self, prompt_token_ids: list[list[int]], sampling: Sampling) -> list[list[Sample]]:
         """For every prompt, ``sampling.n`` samples, in prompt order."""
         raise NotImplementedError
+
+    def update_weights(self, weights: Iterable[tuple[str, Any]]) -> None:
+        """Load ``(name, tensor)`` pairs, named as the model's own checkpoint names them (a LoRA student merged
+        under the base model's names), into the loaded model, in place. Only where :attr:`syncs_weights`."""
+        raise NotImplementedError(f"generator '{self.name}' cannot receive a live model's weights")
 
     def close(self) -> None:
         """Free the model (default: nothing to free)."""

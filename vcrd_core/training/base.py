@@ -130,10 +130,15 @@ class EngineTrainer(Trainer):
                 "refusing to write a non-finite checkpoint"
             )
         super()._save_checkpoint(model, trial)
+        folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+        self.save_extra_state(folder)
         if self.args.should_save:
-            folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
             if folder.is_dir():
                 atomic_write_text(folder / COMPLETE_MARKER, json.dumps({"step": self.state.global_step}) + "\n")
+
+    def save_extra_state(self, folder: Path) -> None:
+        """Called on every process after ``Trainer`` wrote checkpoint ``folder`` and before it is marked complete:
+        a subclass writes what a resume needs besides ``Trainer``'s state (default: nothing)."""
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self._log_window and "loss" in logs:

@@ -47,6 +47,7 @@ from vcrd_core.training.arguments import training_arguments_kwargs
 from vcrd_core.training.base import COMPLETE_MARKER, METRICS_FILE
 from vcrd_core.training.data import RolloutCollator, RolloutExamples, rows_from_store
 from vcrd_core.training.evaluation import PeriodicEvaluation
+from vcrd_core.training.on_policy import StudentRollouts, steps_per_epoch
 from vcrd_core.training.step import VCRDTrainer
 
 
@@ -212,6 +213,8 @@ class PreparedRun:
     preflight: Preflight
     dataset: RolloutExamples
     evaluation: PeriodicEvaluation | None
+    #: On-policy student rollouts (``on_policy.schedule`` not ``static``), its generator created and checked.
+    student_rollouts: StudentRollouts | None = None
 
 
 def prepare(config: RunConfig, *, resume: bool, rows: Iterable[Mapping[str, Any]] | None) -> PreparedRun:
@@ -230,7 +233,23 @@ def prepare(config: RunConfig, *, resume: bool, rows: Iterable[Mapping[str, Any]
             check_scored_with(plan, RolloutStore(store_path(config)), scored_roles)
     dataset = RolloutExamples(rows, list(computed), max_length=config.data.max_length, with_weights=need_weights)
     evaluation = PeriodicEvaluation.from_config(config, tokenizer=checked.tokenizer, out_dir=out)
-    return PreparedRun(plan, kwargs, out, checked, dataset, evaluation)
+    student_rollouts = None
+    if config.on_policy.fresh:
+        student_rollouts = StudentRollouts(
+            config,
+            tokenizer=checked.tokenizer,
+            vocab_size=checked.vocab_size,
+            pad_token_id=pad_token_id(checked.tokenizer),
+            slots=list(dataset.slots),
+            out_dir=out,
+            steps_per_epoch=steps_per_epoch(
+                len(dataset),
+                int(kwargs["per_device_train_batch_size"]),
+                world_size(),
+                int(kwargs.get("gradient_accumulation_steps", 1)),
+            ),
+        )
+    return PreparedRun(plan, kwargs, out, checked, dataset, evaluation, student_rollouts)
 
 
 def build_trainer(
@@ -270,6 +289,7 @@ def build_trainer(
         metrics_file=prepared.out / METRICS_FILE,
         max_nonfinite_steps=config.training.max_nonfinite_steps,
         loss_engine=config.training.loss_engine,
+        student_rollouts=prepared.student_rollouts,
     )
     if prepared.evaluation is not None:
         trainer.add_callback(prepared.evaluation)
@@ -318,6 +338,23 @@ def finish_run(trainer: Any, tokenizer: Any, out: Path, merge: bool, extra: dict
     return summary
 
 
+def student_rollouts_record(config: RunConfig, rollouts: StudentRollouts | None) -> dict[str, Any]:
+    """What provenance records of the student rollouts' schedule."""
+    on = config.on_policy
+    if rollouts is None:
+        return {"schedule": "static", "source": "rollout store"}
+    gen = rollouts.generator
+    return {
+        "schedule": on.schedule,
+        "every_steps": on.every_steps,
+        "lambda": on.lam,
+        "sync": on.sync,
+        "buffer_size": on.buffer_size,
+        "sync_every": rollouts.sync_every,
+        "generator": {"name": gen.name, "params": gen.params.model_dump(mode="json")},
+    }
+
+
 def run_train(
     config: RunConfig,
     *,
@@ -335,7 +372,8 @@ def run_train(
         step = int(checkpoint.name.split("-")[1])
         _truncate_metrics(out, step)
         print(f"resuming from {checkpoint} (step {step})", file=sys.stderr, flush=True)
-    start_run(config, out, resume, training={"streams": list(prepared.plan.computed())})
+    start_run(config, out, resume, training={"streams": list(prepared.plan.computed())},
+              student_rollouts=student_rollouts_record(config, prepared.student_rollouts))  # fmt: skip
     trainer = build_trainer(config, prepared, teacher=teacher, student=student)
     with say_how_to_resume(out):
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -48,6 +49,7 @@ from vcrd_core.plan import RunPlan
 from vcrd_core.rollouts.generator import derive_seed
 from vcrd_core.rollouts.sequences import TrainBatch
 from vcrd_core.training.base import EngineTrainer, sync
+from vcrd_core.training.on_policy import STATE_FILE, StudentRollouts
 from vcrd_core.training.weight_sources import StaticCacheWeights, StepState, WeightSource, weight_source
 
 
@@ -71,9 +73,12 @@ class VCRDTrainer(EngineTrainer):
         vocab_size: int | None = None,
         pad_token_id: int = 0,
         loss_engine: str = "auto",
+        student_rollouts: StudentRollouts | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        #: On-policy student rollouts (``on_policy``), None for the store's (``static``).
+        self.student_rollouts = student_rollouts
         if loss_engine not in ENGINE_SETTINGS:
             raise VcrdError(f"training.loss_engine: {loss_engine!r} is not one of {', '.join(ENGINE_SETTINGS)}")
         #: The setting (``auto`` / ``fused_linear`` / ``logits``); :attr:`loss_engine` is what the first step chose.
@@ -104,6 +109,14 @@ class VCRDTrainer(EngineTrainer):
 
     def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: torch.device) -> tuple[list, Any]:
         batch_samples, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if self.student_rollouts is not None and batch_samples:
+            # fresh student-prefix sequences before the counts: normalisation stays exact (module docstring)
+            batch_samples = self.student_rollouts.refresh(
+                [TrainBatch(b) for b in batch_samples],
+                step=int(self.state.global_step),
+                model=self.accelerator.unwrap_model(self.model),
+                rank=self.accelerator.process_index,
+            )
         counts = torch.zeros(len(self.streams), dtype=torch.float64)
         for batch in batch_samples:
             for i, stream in enumerate(self.streams):
@@ -237,7 +250,12 @@ class VCRDTrainer(EngineTrainer):
         if self._static_done or plan.mode != "online" or not plan.cache_static:
             return
         self._static_done = True
-        todo = [plan.streams[s] for s in self.streams if StaticCacheWeights.applies(plan.streams[s])]
+        fully_fresh = plan.config.on_policy.fresh and plan.config.on_policy.lam >= 1  # the store's never trained on
+        todo = [
+            plan.streams[s]
+            for s in self.streams
+            if StaticCacheWeights.applies(plan.streams[s]) and not (plan.streams[s].fresh and fully_fresh)
+        ]
         if not todo:
             return
         t0 = time.perf_counter()
@@ -264,13 +282,55 @@ class VCRDTrainer(EngineTrainer):
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
         self.prepare_static_scores()
-        return super().train(*args, **kwargs)
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            if self.student_rollouts is not None:
+                self.student_rollouts.close()
+
+    # -- the on-policy state in checkpoints ------------------------------------------------------------------
+
+    def save_extra_state(self, folder: Path) -> None:
+        if self.student_rollouts is None:
+            return
+        states = [self.student_rollouts.state_dict()]
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            states = gather_object(states)
+        if self.args.should_save and folder.is_dir():
+            torch.save({"processes": states}, folder / STATE_FILE)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if self.student_rollouts is None:
+            return
+        file = Path(resume_from_checkpoint) / STATE_FILE
+        if not file.is_file():
+            raise VcrdError(f"--resume: {resume_from_checkpoint} has no {STATE_FILE} (the on-policy rollouts' state)")
+        states = torch.load(file, weights_only=True)["processes"]
+        rank = self.accelerator.process_index
+        if rank >= len(states):
+            raise VcrdError(
+                f"--resume: {file} holds the on-policy state of {len(states)} processes; this launch has more"
+            )
+        self.student_rollouts.load_state_dict(states[rank])
 
     # -- metrics --------------------------------------------------------------------------------------
 
     def step_metrics(self) -> dict[str, float]:
         """The finished optimizer step's metrics (see :class:`~vcrd_core.training.base.StepCallback`)."""
         metrics = super().step_metrics()
+        if self.student_rollouts is not None:
+            gen = self.student_rollouts.last
+            metrics.update(gen.metrics())
+            # the step's wall time includes the generation and sync that ran before its first micro-batch
+            t = self._times
+            total = t.total + gen.seconds + gen.sync_seconds
+            metrics["step_seconds"] = total
+            metrics["tokens_per_second"] = t.tokens / total if total > 0 else 0.0
+            metrics["judge_share"] = t.judge / total if total > 0 else 0.0
+            metrics["on_policy/generation_share"] = (gen.seconds + gen.sync_seconds) / total if total > 0 else 0.0
         counts = self._global_counts or {}
         world = self.accelerator.num_processes
         for stream in self.streams:

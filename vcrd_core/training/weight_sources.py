@@ -147,7 +147,21 @@ class StaticCacheWeights(StoreWeights):
 
     Not cached: the teacher-prefix stream (the student's proposal changes every step; the rollout token's own score
     comes out of the same judge pass, so caching it would save nothing), and judges that read the student's greedy
-    tokens (``teacher_likelihood``, which also needs no extra model)."""
+    tokens (``teacher_likelihood``, which also needs no extra model).
+
+    With on-policy student rollouts (``plan.fresh``) only the store's sequences carry cached weights; a batch of
+    generated (or replayed) sequences is scored online, as :class:`OnlineWeights` does."""
+
+    def __init__(self, plan: StreamPlan) -> None:
+        super().__init__(plan)
+        self._online = OnlineWeights(plan) if plan.fresh else None
+        if plan.fresh:
+            self.scores_in_step = True  # type: ignore[misc]  # generated batches are judged in the step
+
+    def weights(self, batch: StreamBatch, teacher_out: torch.Tensor, student_out: torch.Tensor, step: StepState) -> Any:
+        if batch.weights is None and self._online is not None:
+            return self._online.weights(batch, teacher_out, student_out, step)
+        return super().weights(batch, teacher_out, student_out, step)
 
     @classmethod
     def applies(cls, plan: StreamPlan) -> bool:

@@ -29,6 +29,7 @@ class HFGenerator(Generator):
     """transformers ``generate``: batched with left padding, seeded per call; no extra install needed."""
 
     name = "hf"
+    reads_live_model = True
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")

