@@ -173,6 +173,12 @@ def _without_under(locations: dict[str, str], paths: list[str]) -> dict[str, str
     return {k: v for k, v in locations.items() if not k.startswith(prefixes)} if prefixes else dict(locations)
 
 
+def layer(base: RawConfig, over: RawConfig) -> RawConfig:
+    """``over`` deep-merged onto ``base`` as ``extends`` merges a file over its bases (a component whose name
+    changes is replaced whole); the locations of replaced values go."""
+    return _layer(base, over)
+
+
 def _layer(base: RawConfig, over: RawConfig) -> RawConfig:
     replaced: list[str] = []
     data = _merge(base.data, over.data, "", replaced)
@@ -349,6 +355,10 @@ def check_on_policy(config: RunConfig, instances: dict[str, Any]) -> None:
     vLLM engine cannot receive merged."""
     on = config.on_policy
     if not on.fresh:
+        if on.fallback != "student":
+            raise ConfigError(
+                "on_policy.fallback", "applies when on_policy.schedule generates rollouts (steps or epoch), not static"
+            )
         return
     sp = config.streams().get("student_prefix")
     if sp is None or sp.lam <= 0:

@@ -129,6 +129,11 @@ class OnPolicyConfig(Section):
     record: bool = Field(
         False, description="Write every generated rollout to <output.dir>/on_policy/ (Parquet, with step and seed)."
     )
+    fallback: Literal["student", "teacher"] = Field(
+        "student",
+        description="What a step that is not fresh (and finds no replay) trains the student-prefix stream on: the "
+        "store's student rollouts, or its teacher rollouts (GKD's 'else the data').",
+    )
 
     @property
     def fresh(self) -> bool:

@@ -21,7 +21,11 @@ A grid file (YAML)::
     submitit: {timeout_min: 60}     # executor parameters for --executor submitit
 
 A value may be a whole ``{name, params}`` component block: it replaces the block at that path whole, exactly as
-``--set`` does. A cell is one combination of the axes and one seed; its config is the base, then ``set``, then
+``--set`` does. The key ``recipe`` (in ``axes`` or a ``zip`` group) takes recipe files instead (relative to the grid
+file, e.g. ``examples/recipes/kd.yaml``): each is a partial config deep-merged over the base as ``extends`` would
+merge it, before ``set`` and the other axes; unlabelled, a recipe is labelled by its file name.
+
+A cell is one combination of the axes and one seed; its config is the base, then ``set``, then
 its axis values, then ``seed`` and ``output.dir`` (``<output>/cells/<cell>/run``), validated in both phases
 (:func:`vcrd_core.config.loader.validate`) before any cell runs. An invalid cell refuses the whole grid, naming
 the cell and the error.
@@ -58,7 +62,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from vcrd_core.config.loader import apply_set, load_raw, resolved_dict, validate
+from vcrd_core.config.loader import apply_set, layer, load_raw, resolved_dict, validate
 from vcrd_core.config.models import RunConfig
 from vcrd_core.errors import ConfigError, VcrdError
 from vcrd_core.evaluation.run import make_evaluators, metric_names
@@ -182,22 +186,30 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")[:60] or "cell"
 
 
+#: The axis key whose values are recipe files (partial configs merged over the base) instead of values.
+RECIPE = "recipe"
+
+
 def _assignment(path: str, value: Any) -> str:
     return f"{path}={json.dumps(value)}"  # JSON is YAML: a whole component block stays one value
+
+
+def _label(path: str, value: Any) -> str:
+    return Path(str(value)).stem if path == RECIPE else value_label(value)
 
 
 def _combinations(spec: GridFile) -> list[tuple[dict[str, str], list[str]]]:
     """Every combination of the axes: ``(labels, assignments)``."""
     dims: list[list[tuple[dict[str, str], list[str]]]] = []
     for path, values in spec.axes.items():
-        dims.append([({path: value_label(v)}, [_assignment(path, v)]) for v in values])
+        dims.append([({path: _label(path, v)}, [_assignment(path, v)]) for v in values])
     for i, group in enumerate(spec.zip):
         labels = group.get("labels")
         paths = [p for p in group if p != "labels"]
         n = len(next(iter(group.values())))
         entries = []
         for j in range(n):
-            label = str(labels[j]) if labels else ", ".join(value_label(group[p][j]) for p in paths)
+            label = str(labels[j]) if labels else ", ".join(_label(p, group[p][j]) for p in paths)
             entries.append(({f"zip{i}": label}, [_assignment(p, group[p][j]) for p in paths]))
         dims.append(entries)
     combos = []
@@ -227,6 +239,14 @@ def load_grid(path: str | Path) -> Grid:
         raise VcrdError(f"{file}: {where}: {message}" if where else f"{file}: {message}") from None
     base = Path(spec.base)
     spec.base = str(base if base.is_absolute() else file.parent / base)
+    for values in [spec.axes.get(RECIPE)] + [g.get(RECIPE) for g in spec.zip]:
+        for i, recipe in enumerate(values or []):
+            if not isinstance(recipe, str):
+                raise VcrdError(f"{file}: {RECIPE}: expected recipe file paths, got {recipe!r}")
+            path = Path(recipe) if Path(recipe).is_absolute() else file.parent / recipe
+            if not path.is_file():
+                raise VcrdError(f"{file}: {RECIPE}: '{recipe}' does not exist (looked for {path})")
+            values[i] = str(path)
     grid = Grid(file=file, spec=spec)
     combos = _combinations(spec)
     width = len(str(len(combos) * len(spec.seeds)))
@@ -353,8 +373,14 @@ def validate_cells(grid: Grid) -> Grid:
     for cell in grid.cells:
         try:
             raw = load_raw(grid.spec.base)
+            recipes = [a for a in cell.overrides if a.startswith(f"{RECIPE}=")]
+            for assignment in recipes:  # recipes first: partial configs over the base, as `extends` merges them
+                source = raw.source
+                raw = layer(raw, load_raw(json.loads(assignment.split("=", 1)[1])))
+                raw.source = source
             for assignment in cell.overrides:
-                apply_set(raw, assignment)
+                if assignment not in recipes:
+                    apply_set(raw, assignment)
             cell.config = validate(raw)
             made = {"config": resolved_dict(cell.config), "stages": grid.spec.stages}
             cell.fingerprint = hashlib.sha256(json.dumps(made, sort_keys=True).encode()).hexdigest()

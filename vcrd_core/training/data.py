@@ -51,41 +51,16 @@ class RolloutExamples(torch.utils.data.Dataset):
         *,
         max_length: int,
         with_weights: Sequence[str] = (),
+        roles: Mapping[str, str] | None = None,
     ) -> None:
         self.streams = list(streams)
+        #: The rollout role each stream reads (default its own; on_policy.fallback: teacher for the student prefix).
+        self.roles = {s: (roles or {}).get(s, STREAM_ROLE[s]) for s in self.streams}
         slots: dict[tuple[int, int], dict[str, RolloutSequence]] = {}
         too_long: set[tuple[int, int]] = set()
         for row in rows:
-            role = row["role"]
-            stream = next((s for s in self.streams if STREAM_ROLE[s] == role), None)
-            if stream is None:
-                continue
-            prompt, response = [int(t) for t in row["prompt_token_ids"]], [int(t) for t in row["response_token_ids"]]
-            slot = (int(row["prompt_index"]), int(row.get("sample_index") or 0))
-            if not prompt:
-                raise VcrdError(f"rollout {role} {slot}: empty prompt (a decision point needs a preceding token)")
-            weights = None
-            if stream in with_weights:
-                weights = row.get("weights")
-                if weights is None:
-                    raise VcrdError(
-                        f"rollout {role} of prompt {slot[0]} sample {slot[1]} has no weights; offline mode needs "
-                        "scored rollouts: run `vcrd score CONFIG` first"
-                    )
-                weights = [float(w) for w in weights]
-                if len(weights) != len(response):
-                    raise VcrdError(
-                        f"rollout {role} of prompt {slot[0]} sample {slot[1]}: {len(weights)} weights for "
-                        f"{len(response)} response tokens"
-                    )
-            keep = max_length - len(prompt)
-            if keep <= 0:  # no room for one response token: no decision point; the prompt is never cut
-                too_long.add(slot)
-                continue
-            if weights is not None:
-                weights = weights[:keep]
-            example = Example.from_json(row["example"]) if row.get("example") else None
-            slots.setdefault(slot, {})[stream] = RolloutSequence(prompt, response[:keep], weights, example)
+            for stream in [s for s in self.streams if self.roles[s] == row["role"]]:
+                self._add(row, stream, slots, too_long, with_weights, max_length)
         complete = sorted(k for k, v in slots.items() if k not in too_long and all(s in v for s in self.streams))
         #: (prompt, sample) slots left out because a prompt fills data.max_length
         self.too_long = len(too_long)
@@ -95,8 +70,46 @@ class RolloutExamples(torch.utils.data.Dataset):
         if not self.items:
             raise VcrdError(
                 f"no training example: no (prompt, sample) slot has rollouts of every role the enabled streams "
-                f"need ({', '.join(STREAM_ROLE[s] for s in self.streams)})"
+                f"need ({', '.join(self.roles[s] for s in self.streams)})"
             )
+
+    @staticmethod
+    def _add(
+        row: Mapping[str, Any],
+        stream: str,
+        slots: dict[tuple[int, int], dict[str, RolloutSequence]],
+        too_long: set[tuple[int, int]],
+        with_weights: Sequence[str],
+        max_length: int,
+    ) -> None:
+        """Add ``row``'s sequence to ``stream`` of its slot (cut at ``max_length``; an overlong prompt: counted)."""
+        role = row["role"]
+        prompt, response = [int(t) for t in row["prompt_token_ids"]], [int(t) for t in row["response_token_ids"]]
+        slot = (int(row["prompt_index"]), int(row.get("sample_index") or 0))
+        if not prompt:
+            raise VcrdError(f"rollout {role} {slot}: empty prompt (a decision point needs a preceding token)")
+        weights = None
+        if stream in with_weights:
+            weights = row.get("weights")
+            if weights is None:
+                raise VcrdError(
+                    f"rollout {role} of prompt {slot[0]} sample {slot[1]} has no weights; offline mode needs "
+                    "scored rollouts: run `vcrd score CONFIG` first"
+                )
+            weights = [float(w) for w in weights]
+            if len(weights) != len(response):
+                raise VcrdError(
+                    f"rollout {role} of prompt {slot[0]} sample {slot[1]}: {len(weights)} weights for "
+                    f"{len(response)} response tokens"
+                )
+        keep = max_length - len(prompt)
+        if keep <= 0:  # no room for one response token: no decision point; the prompt is never cut
+            too_long.add(slot)
+            return
+        if weights is not None:
+            weights = weights[:keep]
+        example = Example.from_json(row["example"]) if row.get("example") else None
+        slots.setdefault(slot, {})[stream] = RolloutSequence(prompt, response[:keep], weights, example)
 
     def __len__(self) -> int:
         return len(self.items)

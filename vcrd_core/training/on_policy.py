@@ -36,6 +36,7 @@ weights of the last sync go into each checkpoint (``on_policy.pt``).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -45,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
@@ -66,6 +68,21 @@ STATE_FILE = "on_policy.pt"
 RECORD_DIR = "on_policy"
 
 
+@contextlib.contextmanager
+def isolated_rng() -> Iterator[None]:
+    """Run the block without moving the run's random state: torch (CPU and every CUDA device), Python's
+    ``random`` and numpy's global generator are restored after it (``hf`` generation seeds torch; vLLM's engine
+    seeds all three at start)."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
 def inference_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     """The weights an inference engine loads for ``model``, named as the base model's checkpoint names them: a PEFT
     LoRA model's ``base_layer`` weights with the active adapters' scaled deltas added (``W + s·B·A``, computed
@@ -85,6 +102,12 @@ def inference_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tenso
             if owner.endswith(".base_layer"):
                 owner = owner[: -len(".base_layer")]
                 layer = lora.get(owner)
+                embedded = getattr(layer, "lora_embedding_A", {})
+                if layer is not None and any(a in embedded for a in layer.active_adapters):
+                    raise VcrdError(
+                        f"on_policy: the LoRA on the embedding '{owner}' cannot be synced into the generator; leave "
+                        "it out of training.lora.target_modules or use on_policy.generator: {name: hf}"
+                    )
                 if layer is not None and leaf == "weight":
                     for adapter in layer.active_adapters:
                         if adapter in layer.lora_A:
@@ -103,18 +126,22 @@ class GenerationStats:
     tokens: int = 0
     seconds: float = 0.0
     sync_seconds: float = 0.0
-    staleness: int = 0
+    #: Optimizer steps between the weights that generated the step's student sequences and the trained ones (None:
+    #: the teacher's rollouts, on_policy.fallback: teacher).
+    staleness: float | None = 0.0
 
     def metrics(self) -> dict[str, float]:
-        return {
+        out = {
             "on_policy/fresh": float(self.fresh),
             "on_policy/rollouts": float(self.rollouts),
             "on_policy/replayed": float(self.replayed),
             "on_policy/tokens_per_second": self.tokens / self.seconds if self.seconds > 0 else 0.0,
-            "on_policy/staleness": float(self.staleness),
             "time/generation": self.seconds,
             "time/sync": self.sync_seconds,
         }
+        if self.staleness is not None:
+            out["on_policy/staleness"] = float(self.staleness)
+        return out
 
 
 @dataclass
@@ -122,6 +149,7 @@ class _Buffered:
     seq: RolloutSequence
     index: int
     step: int
+    weights_step: int
 
 
 class StudentRollouts:
@@ -164,8 +192,9 @@ class StudentRollouts:
         self.synced_step: int | None = None
         #: The trainable parameters at ``synced_step`` when the generator lags the student (hf), else None.
         self.snapshot: dict[str, torch.Tensor] | None = None
-        self._push_snapshot = False
-        self.buffer: deque[_Buffered] = deque(maxlen=self.on.buffer_size or None)
+        #: The step whose weights the engine holds (a ``syncs_weights`` generator; None: the model files).
+        self.engine_step: int | None = None
+        self.buffer: deque[_Buffered] = deque(maxlen=max(1, self.on.buffer_size))
         self.last = GenerationStats()
 
     # -- schedule -----------------------------------------------------------------------------------------
@@ -208,15 +237,20 @@ class StudentRollouts:
     def refresh(self, batches: list[TrainBatch], *, step: int, model: torch.nn.Module, rank: int) -> list[TrainBatch]:
         """The step's micro-batches with their student-prefix sequences generated (or replayed); ``step``: the
         optimizer steps done so far (the weights' age), ``model``: the unwrapped student."""
-        stats = GenerationStats(fresh=self.is_fresh(step))
+        t0 = time.perf_counter()
+        self._mark_sync(model, step)
+        stats = GenerationStats(fresh=self.is_fresh(step), sync_seconds=time.perf_counter() - t0)
         self.last = stats
         if not stats.fresh:
-            if not self.buffer:
-                return batches
-            return [self._replay(b, step, micro, rank, stats) for micro, b in enumerate(batches)]
+            out = [self._replay(b, step, micro, rank, stats) for micro, b in enumerate(batches)]
+            if not stats.replayed:  # the store's: the initial student's rollouts, or the teacher's
+                stats.staleness = float(step) if self.on.fallback == "student" else None
+            return out
         self._ensure_loaded(model)
-        self._sync(model, step, stats)
-        stats.staleness = step - (self.synced_step or 0)
+        t0 = time.perf_counter()
+        self._push(model)
+        stats.sync_seconds += time.perf_counter() - t0
+        stats.staleness = float(step - (self.synced_step or 0))
         out = []
         records: list[dict[str, Any]] = []
         for micro, batch in enumerate(batches):
@@ -228,8 +262,9 @@ class StudentRollouts:
             stats.tokens += sum(len(s.response) for s, _ in fresh)
             seqs = [s for s, _ in fresh]
             index = batch[STREAM].index.tolist()
-            for seq, i in zip(seqs, index, strict=True):
-                self.buffer.append(_Buffered(seq, i, step))
+            if self.on.buffer_size:
+                for seq, i in zip(seqs, index, strict=True):
+                    self.buffer.append(_Buffered(seq, i, step, self.synced_step or 0))
             if self.on.record:
                 records += self._records(fresh, index, step, micro, seed, rank)
             device = batch[STREAM].input_ids.device
@@ -242,10 +277,12 @@ class StudentRollouts:
 
     def _replay(self, batch: TrainBatch, step: int, micro: int, rank: int, stats: GenerationStats) -> TrainBatch:
         n = len(batch[STREAM])
-        if len(self.buffer) < n:
+        if not self.on.buffer_size or len(self.buffer) < n:
             return batch
         rng = random.Random(derive_seed(self.config.seed, "on_policy", "replay", step, micro, rank))
         picked = [self.buffer[i] for i in rng.sample(range(len(self.buffer)), n)]
+        age = step - sum(p.weights_step for p in picked) / n
+        stats.staleness = (stats.staleness * stats.replayed + age * n) / (stats.replayed + n) if stats.replayed else age
         stats.replayed += n
         streams = dict(batch.streams)
         device = batch[STREAM].input_ids.device
@@ -260,11 +297,10 @@ class StudentRollouts:
         max_length = self.config.data.max_length
         budget = min(self.config.rollouts.max_new_tokens, max_length - min(lengths))
         sampling = self.sampling(budget, seed)
-        devices = [model.device] if getattr(model, "device", torch.device("cpu")).type == "cuda" else []
         was_training = model.training
         model.eval()
         try:
-            with torch.random.fork_rng(devices=devices), self._generation_weights(model):
+            with isolated_rng(), self._generation_weights(model):
                 samples = self.generator.generate(prompts, sampling)
         finally:
             model.train(was_training)
@@ -292,33 +328,33 @@ class StudentRollouts:
             role="student",
             extra=extra,
         )
-        with torch.random.fork_rng(devices=[]):  # an engine that seeds torch must not move the run's RNG
+        with isolated_rng():  # an engine that seeds the RNGs must not move the run's
             self.generator.load(context)
         self._loaded = True
 
     def _trainable(self, model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
         return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
-    def _sync(self, model: torch.nn.Module, step: int, stats: GenerationStats) -> None:
-        """Bring the generator to the schedule's weights for ``step`` (nothing when they did not change)."""
-        t0 = time.perf_counter()
-        due = self.on.sync and (self.synced_step is None or step >= self.synced_step + self.sync_every)
-        if self._push_snapshot and not due and self.generator.syncs_weights and self.on.sync:
-            # resumed between two syncs: the engine starts from the model files; give it the last sync's weights
-            with self._Swap(self._trainable(model), self.snapshot):
-                self.generator.update_weights(inference_weights(model))
-        self._push_snapshot = False
-        if self.synced_step is None and not self.on.sync:  # frozen at the initial weights
-            self.synced_step = step
-            if self.generator.reads_live_model:
-                self.snapshot = {n: p.detach().clone() for n, p in self._trainable(model).items()}
-        if due:
-            self.synced_step = step
-            if self.generator.syncs_weights:
-                self.generator.update_weights(inference_weights(model))
-            if self.lags:
-                self.snapshot = {n: p.detach().clone() for n, p in self._trainable(model).items()}
-        stats.sync_seconds = time.perf_counter() - t0
+    def _mark_sync(self, model: torch.nn.Module, step: int) -> None:
+        """Every optimizer step, fresh or not: at the schedule's sync points (``step // N`` advances; the first call:
+        the initial weights, kept for good with ``sync: false``) record the weights the generator must hold, a
+        copy of the trainable parameters when it lags the student (``hf`` swaps them in; ``vllm`` receives them
+        at its next generation)."""
+        first = self.synced_step is None
+        if not first and not (self.on.sync and step // self.sync_every > self.synced_step // self.sync_every):
+            return
+        self.synced_step = step
+        keep = self.lags and (self.generator.reads_live_model or self.on.sync)
+        self.snapshot = {n: p.detach().clone() for n, p in self._trainable(model).items()} if keep else None
+
+    def _push(self, model: torch.nn.Module) -> None:
+        """A ``syncs_weights`` generator receives the weights of the last sync when it does not hold them yet
+        (only when they changed: once per sync; ``sync: false`` keeps the model files' initial weights)."""
+        if not (self.generator.syncs_weights and self.on.sync) or self.engine_step == self.synced_step:
+            return
+        with self._Swap(self._trainable(model), self.snapshot if self.lags else None):
+            self.generator.update_weights(inference_weights(model))
+        self.engine_step = self.synced_step
 
     class _Swap:
         def __init__(self, params: dict[str, torch.nn.Parameter], snapshot: dict[str, torch.Tensor] | None) -> None:
@@ -383,26 +419,31 @@ class StudentRollouts:
             pq.write_table(pa.Table.from_pylist(rows), tmp)
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "synced_step": self.synced_step,
-            "snapshot": self.snapshot,
-            "buffer": [self._buffered_state(b) for b in self.buffer],
-        }
+        """This process's state for a checkpoint: the last sync's step and the replay buffer (the weights of the
+        last sync, the same on every process, are :meth:`snapshot_state`)."""
+        return {"synced_step": self.synced_step, "buffer": [self._buffered_state(b) for b in self.buffer]}
+
+    def snapshot_state(self) -> dict[str, torch.Tensor] | None:
+        return None if self.snapshot is None else {n: t.detach().cpu() for n, t in self.snapshot.items()}
 
     @staticmethod
     def _buffered_state(b: _Buffered) -> dict[str, Any]:
         ex = b.seq.example.to_json() if b.seq.example is not None else None
-        return {"prompt": b.seq.prompt, "response": b.seq.response, "index": b.index, "step": b.step, "example": ex}
+        return {"prompt": b.seq.prompt, "response": b.seq.response, "index": b.index, "step": b.step,
+                "weights_step": b.weights_step, "example": ex}  # fmt: skip
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(
+        self, state: dict[str, Any], snapshot: dict[str, torch.Tensor] | None, model: torch.nn.Module
+    ) -> None:
         self.synced_step = state["synced_step"]
-        self.snapshot = state["snapshot"]
+        params = self._trainable(model)
+        self.snapshot = None if snapshot is None else {n: t.to(params[n].device) for n, t in snapshot.items()}
+        self.engine_step = None  # a new engine starts from the model files
         self.buffer.clear()
         for b in state["buffer"]:
             example = Example.from_json(b["example"]) if b["example"] else None
             seq = RolloutSequence(b["prompt"], b["response"], None, example)
-            self.buffer.append(_Buffered(seq, b["index"], b["step"]))
-        self._push_snapshot = self.synced_step is not None
+            self.buffer.append(_Buffered(seq, b["index"], b["step"], b["weights_step"]))
 
     def close(self) -> None:
         if self._loaded:

@@ -225,16 +225,22 @@ def prepare(config: RunConfig, *, resume: bool, rows: Iterable[Mapping[str, Any]
     plan = RunPlan.of(config)
     computed = plan.computed()
     need_weights = plan.offline_weights()
+    roles_of = {name: s.role for name, s in computed.items()}
+    if config.on_policy.fresh and config.on_policy.fallback == "teacher" and "student_prefix" in roles_of:
+        roles_of["student_prefix"] = "teacher"  # a step that is not fresh trains on the teacher's rollouts (GKD)
     if rows is None:
-        roles = [computed[s].role for s in computed]
+        roles = sorted(set(roles_of.values()), key=("teacher", "student").index)
         scored_roles = [computed[s].role for s in need_weights]
         rows = rows_from_store(store_path(config), roles, need_weights=scored_roles)
         if scored_roles:  # weights made by another judge, rule, seed or models are never trained on
             check_scored_with(plan, RolloutStore(store_path(config)), scored_roles)
-    dataset = RolloutExamples(rows, list(computed), max_length=config.data.max_length, with_weights=need_weights)
+    dataset = RolloutExamples(
+        rows, list(computed), max_length=config.data.max_length, with_weights=need_weights, roles=roles_of
+    )
     evaluation = PeriodicEvaluation.from_config(config, tokenizer=checked.tokenizer, out_dir=out)
     student_rollouts = None
     if config.on_policy.fresh:
+        check_colocated_generator(config)
         student_rollouts = StudentRollouts(
             config,
             tokenizer=checked.tokenizer,
@@ -336,6 +342,22 @@ def finish_run(trainer: Any, tokenizer: Any, out: Path, merge: bool, extra: dict
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
         get_plugin_manager().hook.vcrd_on_run_end(output_dir=str(out), summary=dict(summary))
     return summary
+
+
+def check_colocated_generator(config: RunConfig) -> None:
+    """A colocated vLLM engine runs in one training process on one device: refused under several processes or
+    tensor parallelism, with one line (DESIGN.md §5 designs the server mode for that)."""
+    spec = config.on_policy.generator_spec()
+    if spec.name != "vllm":
+        return
+    if world_size() > 1:
+        raise ConfigError(
+            "on_policy.generator",
+            f"the colocated vllm engine runs inside one process; this launch has {world_size()} (each would build "
+            "its engine on the first device). Use {name: hf} with several processes",
+        )
+    if int(spec.params.get("tensor_parallel_size", 1)) > 1:
+        raise ConfigError("on_policy.generator.params.tensor_parallel_size", "a colocated engine runs on 1 device")
 
 
 def student_rollouts_record(config: RunConfig, rollouts: StudentRollouts | None) -> dict[str, Any]:

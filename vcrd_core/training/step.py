@@ -293,13 +293,14 @@ class VCRDTrainer(EngineTrainer):
     def save_extra_state(self, folder: Path) -> None:
         if self.student_rollouts is None:
             return
-        states = [self.student_rollouts.state_dict()]
+        states = [self.student_rollouts.state_dict()]  # small: the last sync's step and the replay buffer
         if self.accelerator.num_processes > 1:
             from accelerate.utils import gather_object
 
             states = gather_object(states)
         if self.args.should_save and folder.is_dir():
-            torch.save({"processes": states}, folder / STATE_FILE)
+            snapshot = self.student_rollouts.snapshot_state()  # the same on every process: saved once, on CPU
+            torch.save({"processes": states, "snapshot": snapshot}, folder / STATE_FILE)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
@@ -308,13 +309,17 @@ class VCRDTrainer(EngineTrainer):
         file = Path(resume_from_checkpoint) / STATE_FILE
         if not file.is_file():
             raise VcrdError(f"--resume: {resume_from_checkpoint} has no {STATE_FILE} (the on-policy rollouts' state)")
-        states = torch.load(file, weights_only=True)["processes"]
-        rank = self.accelerator.process_index
-        if rank >= len(states):
+        saved = torch.load(file, weights_only=True, map_location="cpu")
+        states, world = saved["processes"], self.accelerator.num_processes
+        if len(states) != world:
             raise VcrdError(
-                f"--resume: {file} holds the on-policy state of {len(states)} processes; this launch has more"
+                f"--resume: {file} holds the on-policy state (replay buffers) of {len(states)} processes; resume "
+                f"with {len(states)} processes, not {world}"
             )
-        self.student_rollouts.load_state_dict(states[rank])
+        rollouts = self.student_rollouts
+        rollouts.load_state_dict(
+            states[self.accelerator.process_index], saved["snapshot"], self.accelerator.unwrap_model(self.model)
+        )
 
     # -- metrics --------------------------------------------------------------------------------------
 

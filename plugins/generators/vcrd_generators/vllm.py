@@ -114,7 +114,7 @@ class VLLMGenerator(Generator):
 
     def update_weights(self, weights: Iterable[tuple[str, Any]]) -> None:
         """The live student's tensors into the in-process engine (``extra["in_process"]`` at load)."""
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(list(weights))})
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights)})
 
     def close(self) -> None:
         import gc

@@ -114,6 +114,20 @@ def test_lambda_draws_and_the_replay_buffer(tmp_path: Path, tiny: tuple[Path, Pa
         assert m["on_policy/replayed"] == (4.0 if not m["on_policy/fresh"] and i > first else 0.0)
 
 
+def test_without_a_buffer_a_step_that_is_not_fresh_trains_on_the_store(tmp_path: Path, tiny: tuple[Path, Path]) -> None:
+    on = {"schedule": "steps", "lambda": 0.5}  # buffer_size 0: GKD's semantics (else the data)
+    training = {"max_steps": 8, "per_device_batch_size": 4}
+    cfg = config_dict(tmp_path, *tiny, on_policy=on, rollouts={"max_new_tokens": 12}, training=training)
+    run_train(run_config(cfg), rows=rows(8))
+    steps = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert 0 < sum(m["on_policy/fresh"] for m in steps) < len(steps)
+    assert all(m["on_policy/replayed"] == 0 for m in steps)
+    # the store's rollouts are the initial student's: as old as the step
+    assert [m["on_policy/staleness"] for m in steps if not m["on_policy/fresh"]] == [
+        float(i) for i, m in enumerate(steps) if not m["on_policy/fresh"]
+    ]
+
+
 @pytest.mark.parametrize(("on", "staleness"), [
     ({"schedule": "epoch"}, [0, 1, 0, 1, 0]),  # 8 examples / 4 a step: 2 steps an epoch
     ({"schedule": "steps", "every_steps": 3}, [0, 1, 2, 0, 1]),
