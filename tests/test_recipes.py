@@ -35,6 +35,7 @@ def recipe_config(tmp_path: Path, tiny: tuple[Path, Path], recipe: str, **sectio
     """The tiny base (helpers.config_dict: oracle judge, online, LoRA without dropout, one batch of all 8 examples
     per step) with ``recipe`` merged over it through ``extends``, as a user would write it."""
     training = {"max_steps": 2, "per_device_batch_size": 8, "lora": {"r": 4, "alpha": 8, "dropout": 0.0}}
+    training |= sections.pop("training", {})
     base = config_dict(tmp_path, *tiny, training=training, **sections)
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
     (tmp_path / "run.yaml").write_text(
@@ -101,6 +102,12 @@ def reference_loss(recipe: str, teacher: Path, student: Path, data: list[dict[st
         seqs = stream_seqs(data, role)
         streams[role] = (log_probs(teacher, seqs)[0], log_probs(student, seqs)[0])
     (tp, tq), (sp, sq) = streams["teacher"], streams["student"]
+    if recipe == "seqkd.yaml":  # token-mean cross-entropy of the teacher's rollouts under the student
+        tokens = [
+            -q.gather(-1, torch.tensor(s.response)[:, None])[:, 0]
+            for q, s in zip(tq, stream_seqs(data, "teacher"), strict=True)
+        ]
+        return float(torch.cat(tokens).mean())
     if recipe == "kd.yaml":  # forward KL on the teacher's rollouts
         return sequence_mean([kl(p, q) for p, q in zip(tp, tq, strict=True)])
     if recipe == "abkd.yaml":  # AB divergence (0.2, 0.7) on the teacher's rollouts
@@ -119,7 +126,7 @@ def reference_loss(recipe: str, teacher: Path, student: Path, data: list[dict[st
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", ["kd.yaml", "abkd.yaml", "gkd.yaml", "distillm2.yaml"])
+@pytest.mark.parametrize("recipe", ["kd.yaml", "seqkd.yaml", "abkd.yaml", "gkd.yaml", "distillm2.yaml"])
 def test_a_recipe_trains_and_its_first_loss_is_the_methods_formula(
     tmp_path: Path, tiny: tuple[Path, Path], recipe: str
 ) -> None:
@@ -135,6 +142,23 @@ def test_a_recipe_trains_and_its_first_loss_is_the_methods_formula(
     tolerance = {"abs": 1e-7 * 17 / (0.2 * 0.7)} if recipe == "abkd.yaml" else {"rel": 1e-5}
     assert got == pytest.approx(want, **tolerance), (got, want)
     assert want > 0
+
+
+@pytest.mark.slow
+def test_seqkd_runs_no_teacher_forward_and_refuses_the_fused_engine(tmp_path: Path, tiny: tuple[Path, Path]) -> None:
+    from vcrd_core.errors import ConfigError
+    from vcrd_core.runs.models import load_causal_lm
+    from vcrd_core.training.run import build_trainer
+
+    config = recipe_config(tmp_path, tiny, "seqkd.yaml")
+    teacher = load_causal_lm(config.models.teacher, "models.teacher.path")
+    calls = []
+    teacher.register_forward_pre_hook(lambda *_: calls.append(1))
+    trainer = build_trainer(config, prepare(config, resume=False, rows=rows(8)), teacher=teacher)
+    trainer.train()
+    assert calls == [] and trainer.loss_engine == "logits" and trainer.state.global_step == 2
+    with pytest.raises(ConfigError, match=r"training.loss_engine: fused_linear .* target is its tokens"):
+        recipe_config(tmp_path / "f", tiny, "seqkd.yaml", training={"loss_engine": "fused_linear"})
 
 
 @pytest.mark.slow
@@ -207,3 +231,79 @@ def test_a_recipe_that_does_not_exist_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "g.yaml").write_text(yaml.safe_dump(grid))
     with pytest.raises(VcrdError, match=r"recipe: 'nope.yaml' does not exist"):
         load_grid(tmp_path / "g.yaml")
+
+
+def distillm_reference(seed: int, total: int, accumulation: int, batch: int, capacity: int, epoch: int,
+                       losses: list[float], init: float = 0.0) -> tuple[list[str], list[float]]:  # fmt: skip
+    """DistiLLM's loop as its finetune.py writes it (l.265-323, l.411-417), on the same uniform draws: the source of
+    every micro-batch and θ after each validation."""
+    theta, prev, buffered, sources, thetas = init, None, 0, [], []
+    checks = iter(losses)
+    for t in range(total):
+        if t % epoch == 0:  # evaluate(): before training, then once per epoch
+            value = next(checks)
+            if prev is not None and value >= prev + 0.1:
+                theta = min(theta + 0.1, 1.0)
+            prev = value
+            thetas.append(theta)
+        for micro in range(accumulation):
+            r = random.Random(derive_seed(seed, "on_policy", "distillm", t, micro)).random()
+            samp_threshold = theta * (1 - t / total)
+            if r < samp_threshold or (r < theta and buffered < capacity):
+                sources.append("fresh")
+                buffered = min(capacity, buffered + batch)
+            elif r < theta:
+                sources.append("replay")
+            else:
+                sources.append("data")
+    return sources, thetas
+
+
+def test_the_distillm_rule_follows_distillms_own_loop() -> None:
+    from vcrd_core.plugins.registry import create
+    from vcrd_core.rollouts.mixing import MixState
+
+    total, accumulation, batch, capacity, epoch = 60, 2, 2, 6, 10
+    losses = [2.0, 2.05, 2.2, 2.25, 2.4, 2.6]  # θ: 0, 0, 0.1, 0.1, 0.2, 0.3
+    want, thetas = distillm_reference(7, total, accumulation, batch, capacity, epoch, losses)
+    rule = create("mixing", "distillm", {})
+    got, seen, buffered = [], [], 0
+    checks = iter(losses)
+    for t in range(total):
+        if t % epoch == 0:
+            rule.observe_validation(t, next(checks))
+            seen.append(rule.threshold)
+        for micro in range(accumulation):
+            source = rule.choose(MixState(t, total, micro, 7, 1.0, buffered, capacity, batch))
+            got.append(source)
+            if source == "fresh":
+                buffered = min(capacity, buffered + batch)
+    assert seen == pytest.approx(thetas) and thetas[-1] == pytest.approx(0.3)
+    assert got == want
+    assert {"fresh", "replay", "data"} <= set(got)  # every branch was taken
+    # with θ = 1 and a full buffer: fresh with probability 1 - t/T, replay otherwise (its "decreasing" ratio)
+    full = create("mixing", "distillm", {"init_threshold": 1.0})
+    late = [full.choose(MixState(t, 100, 0, 3, 1.0, 6, 6, 2)) for t in range(90, 100)]
+    early = [full.choose(MixState(t, 100, 0, 3, 1.0, 6, 6, 2)) for t in range(10)]
+    assert late.count("replay") > early.count("replay") and "data" not in late + early
+
+
+@pytest.mark.slow
+def test_the_distillm_recipe_trains_with_its_schedule_and_validation(tmp_path: Path, tiny: tuple[Path, Path]) -> None:
+    config = recipe_config(tmp_path, tiny, "distillm.yaml", rollouts={"max_new_tokens": 8},
+                           training={"max_steps": 6, "per_device_batch_size": 2})  # fmt: skip
+    on = config.on_policy.model_copy(update={"validation_examples": 2, "buffer_size": 4,
+                                             "mixing": config.on_policy.mixing.model_copy(
+                                                 update={"params": {"init_threshold": 1.0}})})  # fmt: skip
+    config = config.model_copy(update={"on_policy": on})
+    prepared = prepare(config, resume=False, rows=rows(8))
+    assert len(prepared.dataset) == 6 and len(prepared.student_rollouts.validation) == 2
+    run_train(config, rows=rows(8))
+    run = Path(config.output.dir)
+    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [("on_policy/validation_loss" in m) for m in steps] == [True, False, False, True, False, False]  # 3/epoch
+    assert all(m["on_policy/threshold"] == 1.0 for m in steps)
+    assert sum(m["on_policy/rollouts"] for m in steps) >= 4  # the buffer (4) filled first
+    assert sum(m["on_policy/replayed"] for m in steps) > 0
+    record = json.loads((run / "provenance.json").read_text())["student_rollouts"]
+    assert record["mixing"]["name"] == "distillm" and record["validation_examples"] == 2

@@ -37,6 +37,12 @@ def vcrd_register_generators() -> list[type]:
 
 
 @hookspec
+def vcrd_register_mixing() -> list[type]:
+    """Return mixing-rule classes (subclasses of :class:`vcrd_core.rollouts.mixing.MixingRule`): where each
+    micro-batch's student-prefix sequences come from under ``on_policy`` (fresh, replayed, or the data)."""
+
+
+@hookspec
 def vcrd_on_run_start(config: Any, output_dir: str) -> None:
     """Called once when a run starts, with the resolved config and its output directory."""
 

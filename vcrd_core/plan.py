@@ -48,6 +48,8 @@ class StreamPlan:
     top_p: float
     #: Whether this stream trains on rollouts generated during training (``on_policy``: the student prefix only).
     fresh: bool = False
+    #: ``teacher`` (the teacher's distribution) or ``tokens`` (the sequence's next token as a point mass: SeqKD).
+    target: str = "teacher"
 
     @property
     def name(self) -> str:
@@ -142,6 +144,7 @@ class RunPlan:
                 temperature=config.rollouts.temperature,
                 top_p=config.rollouts.top_p,
                 fresh=stream is Stream.STUDENT_PREFIX and config.on_policy.fresh,
+                target=s.target,
             )
         return cls(
             config=config,

@@ -346,6 +346,13 @@ def validate_components(config: RunConfig) -> dict[str, Any]:
             f"(e.g. {{name: teacher_likelihood}}) or use the weighting rule 'constant' for w = 1",
         )
     check_on_policy(config, instances)
+    tokens = [name for name, stream in config.streams().items() if stream.target == "tokens"]
+    if tokens and config.training.loss_engine == "fused_linear":
+        raise ConfigError(
+            "training.loss_engine",
+            f"fused_linear computes the teacher's distribution from its hidden states, but the {tokens[0]} stream's "
+            "target is its tokens (a point mass); use loss_engine: auto or logits",
+        )
     return instances
 
 
@@ -369,6 +376,13 @@ def check_on_policy(config: RunConfig, instances: dict[str, Any]) -> None:
         )
     if on.every_steps > 1 and on.schedule != "steps":
         raise ConfigError("on_policy.every_steps", f"applies to schedule: steps only (schedule is '{on.schedule}')")
+    mixing = instances.get("on_policy.mixing")
+    if mixing is not None and mixing.needs_validation and on.validation_examples == 0:
+        raise ConfigError(
+            "on_policy.validation_examples",
+            f"the mixing rule '{mixing.name}' adapts to a validation loss: hold out some examples for it "
+            "(e.g. on_policy.validation_examples: 256)",
+        )
     rule = instances["objective.student_prefix.weighting" if sp.weighting else "weighting"]
     if config.scoring.mode == "offline" and rule.uses_scores():
         raise ConfigError(

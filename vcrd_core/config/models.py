@@ -12,7 +12,14 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from vcrd_core.plugins.kinds import DivergenceSpec, EvaluatorSpec, GeneratorSpec, JudgeSpec, WeightingSpec
+from vcrd_core.plugins.kinds import (
+    DivergenceSpec,
+    EvaluatorSpec,
+    GeneratorSpec,
+    JudgeSpec,
+    MixingSpec,
+    WeightingSpec,
+)
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 #: The torch dtype of every ``Dtype`` name but ``auto`` (the checkpoint's own, or the caller's default).
@@ -129,6 +136,17 @@ class OnPolicyConfig(Section):
     record: bool = Field(
         False, description="Write every generated rollout to <output.dir>/on_policy/ (Parquet, with step and seed)."
     )
+    mixing: MixingSpec | None = Field(
+        None,
+        description="Where each micro-batch's student sequences come from: lambda (default: fresh with probability "
+        "lambda, else replay, else the data) or distillm (DistiLLM's adaptive off-policy schedule).",
+    )
+    validation_examples: int = Field(
+        0,
+        ge=0,
+        description="Examples held out of training (the dataset's last ones) whose sequences' student cross-entropy "
+        "is the validation loss an adaptive mixing rule reads (before training and after each epoch).",
+    )
     fallback: Literal["student", "teacher"] = Field(
         "student",
         description="What a step that is not fresh (and finds no replay) trains the student-prefix stream on: the "
@@ -142,6 +160,9 @@ class OnPolicyConfig(Section):
 
     def generator_spec(self) -> GeneratorSpec:
         return self.generator if self.generator is not None else GeneratorSpec(name="hf")
+
+    def mixing_spec(self) -> MixingSpec:
+        return self.mixing if self.mixing is not None else MixingSpec(name="lambda")
 
 
 class ProposalsConfig(Section):
@@ -167,6 +188,12 @@ class StreamConfig(Section):
     )
     weighting: WeightingSpec | None = Field(None, description="Overrides the run's weighting rule.")
     judge: JudgeSpec | None = Field(None, description="Overrides the run's judge.")
+    target: Literal["teacher", "tokens"] = Field(
+        "teacher",
+        description="teacher: the teacher's distribution at each decision point; tokens: the sequence's own next "
+        "token as a point mass (forward KL to it is the rollout's cross-entropy: SeqKD on the teacher prefix). "
+        "Needs the logits loss engine.",
+    )
 
 
 def _stream(divergence: str) -> StreamConfig:

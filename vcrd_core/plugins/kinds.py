@@ -21,6 +21,7 @@ WEIGHTING: Final = "weighting"
 JUDGES: Final = "judges"
 EVALUATORS: Final = "evaluators"
 GENERATORS: Final = "generators"
+MIXING: Final = "mixing"
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ KINDS: Final[dict[str, Kind]] = {
         _kind(JUDGES, "judge", "Judge", "JudgeSpec"),
         _kind(EVALUATORS, "evaluator", "Evaluator", "EvaluatorSpec"),
         _kind(GENERATORS, "generator", "Generator", "GeneratorSpec"),
+        _kind(MIXING, "mixing rule", "MixingRule", "MixingSpec"),
     )
 }
 
@@ -62,6 +64,7 @@ WeightingSpec = KINDS[WEIGHTING].spec
 JudgeSpec = KINDS[JUDGES].spec
 EvaluatorSpec = KINDS[EVALUATORS].spec
 GeneratorSpec = KINDS[GENERATORS].spec
+MixingSpec = KINDS[MIXING].spec
 
 
 def get_kind(name: str) -> Kind:

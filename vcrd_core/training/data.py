@@ -111,6 +111,20 @@ class RolloutExamples(torch.utils.data.Dataset):
         example = Example.from_json(row["example"]) if row.get("example") else None
         slots.setdefault(slot, {})[stream] = RolloutSequence(prompt, response[:keep], weights, example)
 
+    def hold_out(self, n: int) -> list[RolloutSequence]:
+        """Remove the last ``n`` examples from training and return their first stream's sequences (a validation set);
+        at least one example stays."""
+        if n <= 0:
+            return []
+        if n >= len(self.items):
+            raise VcrdError(
+                f"on_policy.validation_examples: {n} held out of {len(self.items)} training examples leaves none to "
+                "train on"
+            )
+        held = [item[self.streams[0]] for item in self.items[-n:]]
+        self.items, self.slots = self.items[:-n], self.slots[:-n]
+        return held
+
     def __len__(self) -> int:
         return len(self.items)
 

@@ -15,12 +15,14 @@ student-prefix sequences *before* the step's global normalising counts are taken
 micro-batches. The teacher-prefix stream is never regenerated: the teacher is frozen, its store rollouts are
 already samples of it.
 
-**λ and the replay buffer.** With probability ``on_policy.lambda`` (one draw per optimizer step, from the run seed
-and the step, the same on every process) the step's student sequences are generated; otherwise each micro-batch
-takes as many sequences, drawn uniformly without replacement, from the replay buffer when it holds that many, and
-else keeps the store's. Every generated rollout enters the buffer (``buffer_size`` sequences per process, oldest
-evicted first). GKD is ``lambda`` < 1 without a buffer; DistiLLM's adaptive off-policy schedule is ``lambda`` per
-step with a buffer: :meth:`StudentRollouts.fresh_probability` is the hook an adaptive schedule overrides.
+**Mixing, λ and the replay buffer.** A mixing rule (``on_policy.mixing``, :mod:`vcrd_core.rollouts.mixing`)
+chooses per micro-batch ``fresh``, ``replay`` (as many sequences, drawn uniformly without replacement from the
+replay buffer, when it holds that many) or ``data`` (the store's student rollouts, or the teacher's with
+``fallback: teacher``). The default ``lambda`` rule: fresh with probability ``on_policy.lambda`` (one draw per
+optimizer step, from the run seed and the step, the same on every process), else replay, else the data; GKD is
+``lambda`` < 1 without a buffer; ``distillm`` is DistiLLM's adaptive schedule, reading the validation loss of
+``on_policy.validation_examples`` held-out examples. Every generated rollout enters the buffer (``buffer_size``
+sequences per process, oldest evicted first; 0: no buffer).
 
 **Generators.** ``hf`` generates from the live (unwrapped) student itself, in eval mode (no dropout) with its KV
 cache; when its weights must lag the student (``every_steps`` > 1, ``epoch``, ``sync: false``) the trainable
@@ -42,7 +44,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +57,10 @@ from vcrd_core.config.models import RunConfig
 from vcrd_core.data.examples import Example
 from vcrd_core.decision_points import Stream
 from vcrd_core.errors import VcrdError
-from vcrd_core.plugins.kinds import GENERATORS
+from vcrd_core.plugins.kinds import GENERATORS, MIXING
 from vcrd_core.plugins.registry import create
 from vcrd_core.rollouts.generator import Generator, GeneratorContext, Sampling, derive_seed
+from vcrd_core.rollouts.mixing import MixingRule, MixState, Source
 from vcrd_core.rollouts.sequences import RolloutSequence, StreamBatch, TrainBatch
 from vcrd_core.runs.atomic import atomic_path
 
@@ -120,7 +123,8 @@ def inference_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tenso
 class GenerationStats:
     """One optimizer step's student rollouts on this process."""
 
-    fresh: bool = False
+    #: The share of the step's micro-batches whose student sequences were generated.
+    fresh: float = 0.0
     rollouts: int = 0
     replayed: int = 0
     tokens: int = 0
@@ -129,6 +133,9 @@ class GenerationStats:
     #: Optimizer steps between the weights that generated the step's student sequences and the trained ones (None:
     #: the teacher's rollouts, on_policy.fallback: teacher).
     staleness: float | None = 0.0
+    replay_age: float = 0.0
+    validation_loss: float | None = None
+    rule: dict[str, float] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, float]:
         out = {
@@ -141,7 +148,9 @@ class GenerationStats:
         }
         if self.staleness is not None:
             out["on_policy/staleness"] = float(self.staleness)
-        return out
+        if self.validation_loss is not None:
+            out["on_policy/validation_loss"] = self.validation_loss
+        return out | self.rule
 
 
 @dataclass
@@ -170,6 +179,8 @@ class StudentRollouts:
         slots: list[tuple[int, int]],
         out_dir: Path,
         steps_per_epoch: int = 1,
+        validation: list[RolloutSequence] | None = None,
+        batch_size: int = 8,
     ) -> None:
         self.config = config
         self.on = config.on_policy
@@ -195,7 +206,17 @@ class StudentRollouts:
         #: The step whose weights the engine holds (a ``syncs_weights`` generator; None: the model files).
         self.engine_step: int | None = None
         self.buffer: deque[_Buffered] = deque(maxlen=max(1, self.on.buffer_size))
+        mix = self.on.mixing_spec()
+        self.mixing: MixingRule = create(MIXING, mix.name, mix.params, path="on_policy.mixing")  # type: ignore[assignment]
         self.last = GenerationStats()
+        #: Held-out sequences (``on_policy.validation_examples``) whose student cross-entropy a rule may adapt to.
+        self.validation = list(validation or [])
+        self.batch_size = batch_size
+        if self.mixing.needs_validation and not self.validation:
+            raise VcrdError(
+                f"on_policy.validation_examples: the mixing rule '{self.mixing.name}' adapts to a validation loss; "
+                "hold out some examples (e.g. 256)"
+            )
 
     # -- schedule -----------------------------------------------------------------------------------------
 
@@ -209,16 +230,12 @@ class StudentRollouts:
         """Whether the generator's weights may differ from the student's at a generation (not synced every step)."""
         return self.sync_every > 1 or not self.on.sync
 
-    def fresh_probability(self, step: int) -> float:
-        """The probability that optimizer step ``step``'s student sequences are generated: ``on_policy.lambda``.
-        The hook for an adaptive schedule (DistiLLM's): override it, e.g. from the validation loss."""
-        return float(self.on.lam)
-
-    def is_fresh(self, step: int) -> bool:
-        lam = self.fresh_probability(step)
-        if lam >= 1:
-            return True
-        return lam > 0 and random.Random(derive_seed(self.config.seed, "on_policy", "lambda", step)).random() < lam
+    def choose(self, step: int, total_steps: int, micro: int, batch: int) -> Source:
+        """Where micro-batch ``micro`` of step ``step`` takes its student sequences from (the mixing rule)."""
+        capacity = self.on.buffer_size
+        state = MixState(step, total_steps, micro, self.config.seed, float(self.on.lam), len(self.buffer) if
+                         capacity else 0, capacity, batch)  # fmt: skip
+        return self.mixing.choose(state)
 
     def sampling(self, max_new_tokens: int, seed: int) -> Sampling:
         r = self.config.rollouts
@@ -234,30 +251,46 @@ class StudentRollouts:
 
     # -- the step -----------------------------------------------------------------------------------------
 
-    def refresh(self, batches: list[TrainBatch], *, step: int, model: torch.nn.Module, rank: int) -> list[TrainBatch]:
-        """The step's micro-batches with their student-prefix sequences generated (or replayed); ``step``: the
-        optimizer steps done so far (the weights' age), ``model``: the unwrapped student."""
+    def refresh(
+        self, batches: list[TrainBatch], *, step: int, model: torch.nn.Module, rank: int, total_steps: int = 0
+    ) -> list[TrainBatch]:
+        """The step's micro-batches with their student-prefix sequences generated, replayed or kept (the mixing
+        rule's choice per micro-batch); ``step``: the optimizer steps done so far (the weights' age), ``model``: the
+        unwrapped student, ``total_steps``: the planned steps (rules that anneal)."""
         t0 = time.perf_counter()
         self._mark_sync(model, step)
-        stats = GenerationStats(fresh=self.is_fresh(step), sync_seconds=time.perf_counter() - t0)
+        stats = GenerationStats(sync_seconds=time.perf_counter() - t0)
         self.last = stats
-        if not stats.fresh:
-            out = [self._replay(b, step, micro, rank, stats) for micro, b in enumerate(batches)]
-            if not stats.replayed:  # the store's: the initial student's rollouts, or the teacher's
-                stats.staleness = float(step) if self.on.fallback == "student" else None
-            return out
-        self._ensure_loaded(model)
-        t0 = time.perf_counter()
-        self._push(model)
-        stats.sync_seconds += time.perf_counter() - t0
-        stats.staleness = float(step - (self.synced_step or 0))
-        out = []
+        if self.validation and step % self.steps_per_epoch == 0:  # before training, then after each epoch
+            stats.validation_loss = self.validation_loss(model)
+            self.mixing.observe_validation(step, stats.validation_loss)
+        stats.rule = {f"on_policy/{k}": float(v) for k, v in self.mixing.metrics().items()}
+        out: list[TrainBatch] = []
         records: list[dict[str, Any]] = []
+        ages: list[tuple[float, int]] = []
+        fresh_batches = 0
         for micro, batch in enumerate(batches):
+            n = len(batch[STREAM])
+            source = self.choose(step, total_steps, micro, n)
+            if source == "replay" and self.on.buffer_size and len(self.buffer) >= n:
+                out.append(self._replay(batch, step, micro, rank, stats))
+                ages.append((stats.replay_age, n))
+                continue
+            if source != "fresh":  # the store's: the initial student's rollouts, or the teacher's
+                out.append(batch)
+                ages.append((float(step) if self.on.fallback == "student" else math.nan, n))
+                continue
+            if not fresh_batches:
+                self._ensure_loaded(model)
+                t1 = time.perf_counter()
+                self._push(model)
+                stats.sync_seconds += time.perf_counter() - t1
+            fresh_batches += 1
+            ages.append((float(step - (self.synced_step or 0)), n))
             seed = derive_seed(self.config.seed, "on_policy", "generate", step, micro, rank)
-            t0 = time.perf_counter()
+            t1 = time.perf_counter()
             fresh = self._generate(batch[STREAM], model, seed)
-            stats.seconds += time.perf_counter() - t0
+            stats.seconds += time.perf_counter() - t1
             stats.rollouts += len(fresh)
             stats.tokens += sum(len(s.response) for s, _ in fresh)
             seqs = [s for s, _ in fresh]
@@ -273,16 +306,16 @@ class StudentRollouts:
             out.append(TrainBatch(streams))
         if records:
             self._write_records(records, step, rank)
+        stats.fresh = fresh_batches / len(batches) if batches else 0.0
+        known = [(a, n) for a, n in ages if not math.isnan(a)]
+        stats.staleness = sum(a * n for a, n in known) / sum(n for _, n in known) if known else None
         return out
 
     def _replay(self, batch: TrainBatch, step: int, micro: int, rank: int, stats: GenerationStats) -> TrainBatch:
         n = len(batch[STREAM])
-        if not self.on.buffer_size or len(self.buffer) < n:
-            return batch
         rng = random.Random(derive_seed(self.config.seed, "on_policy", "replay", step, micro, rank))
         picked = [self.buffer[i] for i in rng.sample(range(len(self.buffer)), n)]
-        age = step - sum(p.weights_step for p in picked) / n
-        stats.staleness = (stats.staleness * stats.replayed + age * n) / (stats.replayed + n) if stats.replayed else age
+        stats.replay_age = step - sum(p.weights_step for p in picked) / n
         stats.replayed += n
         streams = dict(batch.streams)
         device = batch[STREAM].input_ids.device
@@ -309,6 +342,27 @@ class StudentRollouts:
             keep = max_length - len(prompt)
             out.append((RolloutSequence(prompt, list(sample.token_ids[:keep]), None, example), sample.finish_reason))
         return out
+
+    def validation_loss(self, model: torch.nn.Module) -> float:
+        """The student's token-mean cross-entropy on the held-out sequences' response tokens (eval mode)."""
+        was_training = model.training
+        model.eval()
+        total, count = 0.0, 0
+        device = next(model.parameters()).device
+        try:
+            with torch.no_grad():
+                for start in range(0, len(self.validation), self.batch_size):
+                    batch = StreamBatch.of(self.validation[start : start + self.batch_size], self.pad_token_id)
+                    batch = batch.to(device)
+                    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+                    logp = torch.log_softmax(logits[:, :-1, : self.vocab_size].float(), dim=-1)
+                    nll = -logp.gather(-1, batch.input_ids[:, 1:, None]).squeeze(-1)
+                    mask = batch.response_mask[:, 1:].bool()
+                    total += float(nll[mask].double().sum())
+                    count += int(mask.sum())
+        finally:
+            model.train(was_training)
+        return total / max(count, 1)
 
     # -- weights --------------------------------------------------------------------------------------------
 
@@ -421,7 +475,11 @@ class StudentRollouts:
     def state_dict(self) -> dict[str, Any]:
         """This process's state for a checkpoint: the last sync's step and the replay buffer (the weights of the
         last sync, the same on every process, are :meth:`snapshot_state`)."""
-        return {"synced_step": self.synced_step, "buffer": [self._buffered_state(b) for b in self.buffer]}
+        return {
+            "synced_step": self.synced_step,
+            "buffer": [self._buffered_state(b) for b in self.buffer],
+            "mixing": self.mixing.state_dict(),
+        }
 
     def snapshot_state(self) -> dict[str, torch.Tensor] | None:
         return None if self.snapshot is None else {n: t.detach().cpu() for n, t in self.snapshot.items()}
@@ -436,6 +494,7 @@ class StudentRollouts:
         self, state: dict[str, Any], snapshot: dict[str, torch.Tensor] | None, model: torch.nn.Module
     ) -> None:
         self.synced_step = state["synced_step"]
+        self.mixing.load_state_dict(state["mixing"])
         params = self._trainable(model)
         self.snapshot = None if snapshot is None else {n: t.to(params[n].device) for n, t in snapshot.items()}
         self.engine_step = None  # a new engine starts from the model files

@@ -241,6 +241,7 @@ def prepare(config: RunConfig, *, resume: bool, rows: Iterable[Mapping[str, Any]
     student_rollouts = None
     if config.on_policy.fresh:
         check_colocated_generator(config)
+        validation = dataset.hold_out(config.on_policy.validation_examples)
         student_rollouts = StudentRollouts(
             config,
             tokenizer=checked.tokenizer,
@@ -254,6 +255,8 @@ def prepare(config: RunConfig, *, resume: bool, rows: Iterable[Mapping[str, Any]
                 world_size(),
                 int(kwargs.get("gradient_accumulation_steps", 1)),
             ),
+            validation=validation,
+            batch_size=int(kwargs["per_device_train_batch_size"]),
         )
     return PreparedRun(plan, kwargs, out, checked, dataset, evaluation, student_rollouts)
 
@@ -373,6 +376,9 @@ def student_rollouts_record(config: RunConfig, rollouts: StudentRollouts | None)
         "sync": on.sync,
         "buffer_size": on.buffer_size,
         "sync_every": rollouts.sync_every,
+        "fallback": on.fallback,
+        "validation_examples": len(rollouts.validation),
+        "mixing": {"name": rollouts.mixing.name, "params": rollouts.mixing.params.model_dump(mode="json")},
         "generator": {"name": gen.name, "params": gen.params.model_dump(mode="json")},
     }
 

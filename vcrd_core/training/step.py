@@ -53,6 +53,18 @@ from vcrd_core.training.on_policy import STATE_FILE, StudentRollouts
 from vcrd_core.training.weight_sources import StaticCacheWeights, StepState, WeightSource, weight_source
 
 
+def point_mass(input_ids: torch.Tensor, vocab: int) -> torch.Tensor:
+    """``[B, L, vocab]`` float32 logits whose softmax at position ``t`` is the point mass on token ``t + 1`` (0 there,
+    ``-inf`` elsewhere): the target of a stream with ``target: tokens`` (forward KL to it is ``-log q(y_{t+1})``,
+    the cross-entropy of the sequence, SeqKD on teacher rollouts). The last position, never a decision point, is
+    uniform."""
+    b, n = input_ids.shape
+    out = torch.full((b, n, vocab), float("-inf"), dtype=torch.float32, device=input_ids.device)
+    out[:, :-1].scatter_(-1, input_ids[:, 1:, None].clamp(0, vocab - 1), 0.0)
+    out[:, -1] = 0.0
+    return out
+
+
 class VCRDTrainer(EngineTrainer):
     """``Trainer`` whose loss is the validity-weighted two-stream objective (see the module docstring).
 
@@ -116,6 +128,7 @@ class VCRDTrainer(EngineTrainer):
                 step=int(self.state.global_step),
                 model=self.accelerator.unwrap_model(self.model),
                 rank=self.accelerator.process_index,
+                total_steps=int(self.state.max_steps),
             )
         counts = torch.zeros(len(self.streams), dtype=torch.float64)
         for batch in batch_samples:
@@ -176,8 +189,11 @@ class VCRDTrainer(EngineTrainer):
         from transformers.integrations import is_deepspeed_zero3_enabled
 
         first = batch[self.streams[0]]
+        setting = self.loss_engine_setting
+        if setting == "auto" and any(self.plan.streams[s].target == "tokens" for s in self.streams):
+            setting = "logits"  # a point-mass target is made as logits (config validation refuses fused_linear)
         self.engine, self.loss_engine_reason = choose_engine(
-            self.loss_engine_setting,
+            setting,
             self.teacher,
             self.accelerator.unwrap_model(model),
             (first.input_ids[:1], first.attention_mask[:1]),
@@ -206,10 +222,13 @@ class VCRDTrainer(EngineTrainer):
         device = ids.device
         sync(device)
         t0 = time.perf_counter()
-        teacher_device = next(self.teacher.parameters()).device
-        with torch.no_grad():
-            t_out = self.engine.forward("teacher", self.teacher, ids.to(teacher_device), attn.to(teacher_device))
-        t_out = t_out.to(device)
+        tokens = {s for s in self.streams if self.plan.streams[s].target == "tokens"}
+        t_out = None
+        if len(tokens) < len(self.streams):  # some stream reads the teacher (a point-mass target needs none)
+            teacher_device = next(self.teacher.parameters()).device
+            with torch.no_grad():
+                t_out = self.engine.forward("teacher", self.teacher, ids.to(teacher_device), attn.to(teacher_device))
+            t_out = t_out.to(device)
         sync(device)
         t1 = time.perf_counter()
         s_out = self.engine.forward("student", model, ids, attn)
@@ -222,7 +241,9 @@ class VCRDTrainer(EngineTrainer):
         start = 0
         for stream, (i, _) in zip(self.streams, parts, strict=True):
             b, n = i.shape
-            out[stream] = (t_out[start : start + b, :n], s_out[start : start + b, :n])
+            student = s_out[start : start + b, :n]
+            teacher = point_mass(i, student.shape[-1]) if stream in tokens else t_out[start : start + b, :n]
+            out[stream] = (teacher, student)
             start += b
         return out
 

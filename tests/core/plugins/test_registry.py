@@ -261,8 +261,9 @@ def test_every_kind_in_the_table_has_its_registration_hookspec_and_nothing_else_
     assert registration_hooks == {kind.hook for kind in KINDS.values()}
     from vcrd_core.evaluation.evaluator import Evaluator
     from vcrd_core.rollouts.generator import Generator
+    from vcrd_core.rollouts.mixing import MixingRule
 
-    bases = [vcrd_core.Divergence, vcrd_core.WeightingRule, vcrd_core.Judge, Evaluator, Generator]
+    bases = [vcrd_core.Divergence, vcrd_core.WeightingRule, vcrd_core.Judge, Evaluator, Generator, MixingRule]
     for kind, base in zip(KINDS.values(), bases, strict=True):
         assert kind.spec.kind == kind.name  # a nested {name, params} block is validated against this kind
         # the table names the base class; the base class declares the kind (the table imports none of them)
