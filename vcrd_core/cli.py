@@ -18,11 +18,12 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Sequence
 
 from vcrd_core import __version__
 from vcrd_core.commands import load_handler
-from vcrd_core.errors import VcrdError
+from vcrd_core.errors import VcrdError, VcrdWarning
 
 #: Subcommand modules in ``vcrd --help`` order.
 COMMANDS: tuple[str, ...] = ("plugins", "config", "rollouts", "score", "train", "eval", "analyze", "grid")
@@ -50,8 +51,20 @@ def _terminate(signum: int, frame: object) -> None:
     raise Terminated(signum)
 
 
+def _show_warning(message: object, category: type[Warning], *args: object, **kwargs: object) -> None:
+    """vcrd's own warnings as one ``warning:`` line on stderr; others as Python shows them."""
+    if issubclass(category, VcrdWarning):
+        print(f"warning: {message}", file=sys.stderr)
+    else:
+        _python_show_warning(message, category, *args, **kwargs)  # type: ignore[arg-type]
+
+
+_python_show_warning = warnings.showwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    warnings.showwarning = _show_warning
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):

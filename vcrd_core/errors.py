@@ -38,3 +38,11 @@ class ParamError(VcrdError):
 
 class PluginError(VcrdError):
     """A plugin failed to load, declares an incompatible API version, or clashes with another plugin."""
+
+
+class VcrdWarning(UserWarning):
+    """A warning about the user's setup; the ``vcrd`` command prints it as one ``warning:`` line."""
+
+
+class IgnoredSettingWarning(VcrdWarning):
+    """A setting that has no effect in this config (said once, at validation)."""

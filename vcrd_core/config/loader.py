@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import difflib
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import yaml
 from pydantic import ValidationError
 
 from vcrd_core.config.models import RunConfig
-from vcrd_core.errors import ConfigError, VcrdError
+from vcrd_core.errors import ConfigError, IgnoredSettingWarning, VcrdError
 from vcrd_core.plugins.component import Component, ComponentSpec, component_specs
 from vcrd_core.plugins.registry import create
 from vcrd_core.plugins.validation import Step, join_path, to_config_error, walk_model
@@ -362,11 +363,27 @@ def check_on_policy(config: RunConfig, instances: dict[str, Any]) -> None:
     vLLM engine cannot receive merged."""
     on = config.on_policy
     if not on.fresh:
-        if on.fallback != "student":
-            raise ConfigError(
-                "on_policy.fallback", "applies when on_policy.schedule generates rollouts (steps or epoch), not static"
+        default = type(on)()
+        ignored = [
+            f.alias or name for name, f in type(on).model_fields.items() if getattr(on, name) != getattr(default, name)
+        ]
+        if ignored:  # not silently ignored (a warning, not a refusal: a grid's base may set them for other cells)
+            warnings.warn(
+                f"on_policy.{', on_policy.'.join(ignored)}: ignored, on_policy.schedule is static (the store's "
+                "rollouts); they apply when it is steps or epoch",
+                IgnoredSettingWarning,
+                stacklevel=2,
             )
         return
+    mixing_rule = instances.get("on_policy.mixing")
+    if on.validation_examples and not (mixing_rule is not None and mixing_rule.needs_validation):
+        name = mixing_rule.name if mixing_rule is not None else "lambda"
+        warnings.warn(
+            f"on_policy.validation_examples: {on.validation_examples} examples are held out of training for a "
+            f"validation loss that the mixing rule '{name}' does not read",
+            IgnoredSettingWarning,
+            stacklevel=2,
+        )
     sp = config.streams().get("student_prefix")
     if sp is None or sp.lam <= 0:
         raise ConfigError(

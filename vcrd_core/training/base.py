@@ -98,6 +98,8 @@ class EngineTrainer(Trainer):
         self.nonfinite_steps = 0
         self.consecutive_nonfinite = 0
         self._grad_norm: float | None = None
+        #: The learning rate the step's optimizer update used (read before the scheduler advances).
+        self._step_lr: float | None = None
         self.add_callback(StepCallback(self))
         # one concise line per logging step instead of transformers' dict of every key (metrics.jsonl has them all)
         for printer, concise in ((ProgressCallback, ConciseProgress), (PrinterCallback, ConcisePrinter)):
@@ -136,6 +138,9 @@ class EngineTrainer(Trainer):
             if folder.is_dir():
                 atomic_write_text(folder / COMPLETE_MARKER, json.dumps({"step": self.state.global_step}) + "\n")
 
+    def _current_lr(self) -> float:
+        return float(self._get_learning_rate()) if self.lr_scheduler is not None else 0.0
+
     def save_extra_state(self, folder: Path) -> None:
         """Called on every process after ``Trainer`` wrote checkpoint ``folder`` and before it is marked complete:
         a subclass writes what a resume needs besides ``Trainer``'s state (default: nothing)."""
@@ -169,7 +174,7 @@ class EngineTrainer(Trainer):
         t = self._times
         metrics = {
             "loss": sum(self._step.losses),
-            "learning_rate": float(self._get_learning_rate()) if self.lr_scheduler is not None else 0.0,
+            "learning_rate": self._step_lr if self._step_lr is not None else self._current_lr(),
             "step_seconds": t.total,
             "tokens_per_second": t.tokens / t.total if t.total > 0 else 0.0,
             "judge_share": t.judge / t.total if t.total > 0 else 0.0,
@@ -189,12 +194,14 @@ class StepCallback(TrainerCallback):
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         tr = self.trainer
+        tr._step_lr = None
         tr._times = StepTimes()
         tr._step = _StepMetrics()
         tr._step_start = time.perf_counter()
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         tr = self.trainer
+        tr._step_lr = tr._current_lr()  # the rate this update uses; the scheduler advances after it
         scaler = getattr(tr.accelerator, "scaler", None)
         params = [p for p in tr.model.parameters() if p.requires_grad and p.grad is not None]
         if scaler is not None:  # fp16: gradients are still scaled; the GradScaler skips overflowing steps itself

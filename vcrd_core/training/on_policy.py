@@ -71,6 +71,11 @@ STATE_FILE = "on_policy.pt"
 RECORD_DIR = "on_policy"
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[-1] if text else type(exc).__name__)[:300]
+
+
 @contextlib.contextmanager
 def isolated_rng() -> Iterator[None]:
     """Run the block without moving the run's random state: torch (CPU and every CUDA device), Python's
@@ -335,6 +340,9 @@ class StudentRollouts:
         try:
             with isolated_rng(), self._generation_weights(model):
                 samples = self.generator.generate(prompts, sampling)
+        except (RuntimeError, ValueError, AssertionError) as exc:  # an engine that cannot run this model
+            name = self.generator.name
+            raise VcrdError(f"on_policy.generator '{name}': generation failed: {_first_line(exc)}") from exc
         finally:
             model.train(was_training)
         out = []
@@ -383,7 +391,12 @@ class StudentRollouts:
             extra=extra,
         )
         with isolated_rng():  # an engine that seeds the RNGs must not move the run's
-            self.generator.load(context)
+            try:
+                self.generator.load(context)
+            except (RuntimeError, ValueError, AssertionError, OSError) as exc:
+                raise VcrdError(
+                    f"on_policy.generator '{self.generator.name}': cannot load '{spec.path}': {_first_line(exc)}"
+                ) from None
         self._loaded = True
 
     def _trainable(self, model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
@@ -407,7 +420,13 @@ class StudentRollouts:
         if not (self.generator.syncs_weights and self.on.sync) or self.engine_step == self.synced_step:
             return
         with self._Swap(self._trainable(model), self.snapshot if self.lags else None):
-            self.generator.update_weights(inference_weights(model))
+            try:
+                self.generator.update_weights(inference_weights(model))
+            except (RuntimeError, ValueError, KeyError, AssertionError) as exc:
+                raise VcrdError(
+                    f"on_policy.generator '{self.generator.name}': the student's weights could not be synced: "
+                    f"{_first_line(exc)}"
+                ) from None
         self.engine_step = self.synced_step
 
     class _Swap:

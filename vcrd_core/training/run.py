@@ -371,7 +371,7 @@ def student_rollouts_record(config: RunConfig, rollouts: StudentRollouts | None)
     gen = rollouts.generator
     return {
         "schedule": on.schedule,
-        "every_steps": on.every_steps,
+        "every_steps": on.every_steps if on.schedule == "steps" else None,
         "lambda": on.lam,
         "sync": on.sync,
         "buffer_size": on.buffer_size,

@@ -316,3 +316,12 @@ def test_nan_student_logits_skip_the_step_instead_of_crashing_online_scoring(
     cfg = config_dict(tmp_path, *tiny, training={"max_steps": 3})  # online oracle, sampled proposals
     trainer = train_with(cfg, NaNLogitsAtStep1)
     assert [m["skipped"] for m in metrics(tmp_path / "run")] == [0, 1, 0] and trainer.nonfinite_steps == 1
+
+
+def test_the_learning_rate_in_metrics_is_the_one_each_step_used(tmp_path: Path, tiny: tuple[Path, Path]) -> None:
+    training = {"max_steps": 4, "per_device_batch_size": 8, "lr_scheduler": "linear", "warmup_ratio": 0.25,
+                "learning_rate": 3e-3}  # fmt: skip
+    run_train(run_config(config_dict(tmp_path, *tiny, training=training)), rows=rows(8))
+    lrs = [m["learning_rate"] for m in metrics(tmp_path / "run")]
+    # one warm-up step from 0, then linear decay to 0 over the other three: the rate before each update
+    assert lrs == pytest.approx([0.0, 3e-3, 2e-3, 1e-3])

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -251,6 +252,11 @@ def test_merged_lora_weights_equal_peft_merge(tiny: tuple[Path, Path]) -> None:
         ({"scoring": {"mode": "offline"}}, "scoring.mode", "use scoring.mode: online"),
         ({"on_policy": {"schedule": "epoch", "every_steps": 3}}, "on_policy.every_steps", "schedule: steps only"),
         (
+            {"on_policy": {"schedule": "steps", "mixing": {"name": "distillm"}}},
+            "on_policy.validation_examples",
+            "adapts to a validation loss",
+        ),
+        (
             {
                 "on_policy": {"schedule": "steps", "generator": {"name": "vllm"}},
                 "training": {"lora": {"target_modules": ["q_proj", "lm_head"]}},
@@ -267,6 +273,31 @@ def test_a_schedule_that_contradicts_the_config_is_one_line(
     with pytest.raises(ConfigError) as err:
         run_config(config_dict(tmp_path, *tiny, **sections))
     assert err.value.path == path and phrase in str(err.value) and "\n" not in str(err.value)
+
+
+def test_on_policy_settings_under_a_static_schedule_are_named_as_ignored(
+    tmp_path: Path, tiny: tuple[Path, Path]
+) -> None:
+    from vcrd_core.errors import IgnoredSettingWarning
+
+    with pytest.warns(IgnoredSettingWarning, match=r"on_policy.lambda, on_policy.buffer_size: ignored"):
+        run_config(config_dict(tmp_path, *tiny, on_policy={"schedule": "static", "lambda": 0.5, "buffer_size": 4}))
+    with pytest.warns(IgnoredSettingWarning, match=r"validation_examples: 4 examples are held out .* 'lambda'"):
+        run_config(config_dict(tmp_path, *tiny, on_policy={"schedule": "steps", "validation_examples": 4}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a static run's resolved config (every field at its default) says nothing
+        run_config(config_dict(tmp_path, *tiny, on_policy={"schedule": "static", "lambda": 1.0}))
+
+
+def test_the_command_line_prints_an_ignored_setting_as_one_warning_line() -> None:
+    config = Path(__file__).resolve().parents[3] / "examples" / "configs" / "qwen25_math_table9.yaml"
+    done = subprocess.run([sys.executable, "-m", "vcrd_core", "config", "validate", str(config), "--set",
+                           "on_policy.lambda=0.5"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [
+        "warning: on_policy.lambda: ignored, on_policy.schedule is static (the store's rollouts); they apply when it "
+        "is steps or epoch"
+    ]
 
 
 def test_vllm_without_vllm_is_refused_before_any_model_loads(
