@@ -271,7 +271,9 @@ class VCRDTrainer(EngineTrainer):
         if self._static_done or plan.mode != "online" or not plan.cache_static:
             return
         self._static_done = True
-        fully_fresh = plan.config.on_policy.fresh and plan.config.on_policy.lam >= 1  # the store's never trained on
+        on = plan.config.on_policy
+        # the store's student rollouts are never trained on (lambda rule, lambda 1): nothing to cache for them
+        fully_fresh = on.fresh and on.lam >= 1 and on.mixing_spec().name == "lambda"
         todo = [
             plan.streams[s]
             for s in self.streams
