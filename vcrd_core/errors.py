@@ -46,3 +46,9 @@ class VcrdWarning(UserWarning):
 
 class IgnoredSettingWarning(VcrdWarning):
     """A setting that has no effect in this config (said once, at validation)."""
+
+
+def last_line(exc: BaseException) -> str:
+    """The last line of ``exc``'s message (where libraries put the actual reason), or its type's name."""
+    text = str(exc).strip()
+    return text.splitlines()[-1] if text else type(exc).__name__

@@ -177,10 +177,6 @@ def _without_under(locations: dict[str, str], paths: list[str]) -> dict[str, str
 def layer(base: RawConfig, over: RawConfig) -> RawConfig:
     """``over`` deep-merged onto ``base`` as ``extends`` merges a file over its bases (a component whose name
     changes is replaced whole); the locations of replaced values go."""
-    return _layer(base, over)
-
-
-def _layer(base: RawConfig, over: RawConfig) -> RawConfig:
     replaced: list[str] = []
     data = _merge(base.data, over.data, "", replaced)
     return RawConfig(data, {**_without_under(base.locations, replaced), **over.locations})
@@ -214,8 +210,8 @@ def _load_file(path: Path, stack: tuple[Path, ...]) -> RawConfig:
             raise
         except VcrdError as exc:
             raise ConfigError("extends", f"base file '{base}': {exc}", where) from None
-        merged = _layer(merged, loaded)
-    return _layer(merged, RawConfig(data, locations))
+        merged = layer(merged, loaded)
+    return layer(merged, RawConfig(data, locations))
 
 
 def _check_set_path(path: list[str], steps: list[Step]) -> None:
@@ -375,9 +371,9 @@ def check_on_policy(config: RunConfig, instances: dict[str, Any]) -> None:
                 stacklevel=2,
             )
         return
-    mixing_rule = instances.get("on_policy.mixing")
-    if on.validation_examples and not (mixing_rule is not None and mixing_rule.needs_validation):
-        name = mixing_rule.name if mixing_rule is not None else "lambda"
+    mixing = instances.get("on_policy.mixing")  # None: the default, lambda
+    if on.validation_examples and not (mixing is not None and mixing.needs_validation):
+        name = mixing.name if mixing is not None else "lambda"
         warnings.warn(
             f"on_policy.validation_examples: {on.validation_examples} examples are held out of training for a "
             f"validation loss that the mixing rule '{name}' does not read",
@@ -393,7 +389,6 @@ def check_on_policy(config: RunConfig, instances: dict[str, Any]) -> None:
         )
     if on.every_steps > 1 and on.schedule != "steps":
         raise ConfigError("on_policy.every_steps", f"applies to schedule: steps only (schedule is '{on.schedule}')")
-    mixing = instances.get("on_policy.mixing")
     if mixing is not None and mixing.needs_validation and on.validation_examples == 0:
         raise ConfigError(
             "on_policy.validation_examples",

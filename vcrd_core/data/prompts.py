@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from vcrd_core.data.examples import Example
-from vcrd_core.errors import ConfigError, VcrdError
+from vcrd_core.errors import ConfigError, VcrdError, last_line
 
 #: Qwen2.5-Math's chain-of-thought system prompt (the format the paper evaluates with).
 QWEN25_MATH_COT_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -141,11 +141,6 @@ def _find_bad_json_line(path: Path) -> str | None:
     return None
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[-1] if text else type(exc).__name__
-
-
 def load_rows(path: str | Path) -> Any:
     """The rows of a prompt source as a ``datasets.Dataset`` (read in memory; no cache is left behind)."""
     import datasets
@@ -159,7 +154,7 @@ def load_rows(path: str | Path) -> Any:
         try:
             loaded = datasets.load_from_disk(str(p))
         except Exception as exc:  # datasets raises FileNotFoundError / ValueError for non-dataset dirs
-            raise VcrdError(f"{path}: not a datasets directory (save_to_disk): {_first_line(exc)}") from None
+            raise VcrdError(f"{path}: not a datasets directory (save_to_disk): {last_line(exc)}") from None
         if isinstance(loaded, datasets.DatasetDict):
             if "train" not in loaded:
                 raise VcrdError(f"{path}: a DatasetDict without a 'train' split (splits: {', '.join(loaded)})")
@@ -179,7 +174,7 @@ def load_rows(path: str | Path) -> Any:
         except Exception as exc:  # pyarrow / datasets errors for mixed types, broken Parquet
             if "corresponds to no data" in str(exc):  # datasets' words for a file without rows
                 raise VcrdError(f"prompt file '{path}' holds no record") from None
-            raise VcrdError(f"{path}: cannot be read as {kind}: {_first_line(exc)}") from None
+            raise VcrdError(f"{path}: cannot be read as {kind}: {last_line(exc)}") from None
 
 
 def _where(path: str | Path, kind: str, row: int, lines: list[int] | None) -> str:

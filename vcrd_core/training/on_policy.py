@@ -56,7 +56,7 @@ import torch
 from vcrd_core.config.models import RunConfig
 from vcrd_core.data.examples import Example
 from vcrd_core.decision_points import Stream
-from vcrd_core.errors import VcrdError
+from vcrd_core.errors import VcrdError, last_line
 from vcrd_core.plugins.kinds import GENERATORS, MIXING
 from vcrd_core.plugins.registry import create
 from vcrd_core.rollouts.generator import Generator, GeneratorContext, Sampling, derive_seed
@@ -69,11 +69,6 @@ STREAM = Stream.STUDENT_PREFIX.value
 STATE_FILE = "on_policy.pt"
 #: Where ``on_policy.record`` writes the generated rollouts, in the run directory.
 RECORD_DIR = "on_policy"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[-1] if text else type(exc).__name__)[:300]
 
 
 @contextlib.contextmanager
@@ -138,7 +133,6 @@ class GenerationStats:
     #: Optimizer steps between the weights that generated the step's student sequences and the trained ones (None:
     #: the teacher's rollouts, on_policy.fallback: teacher).
     staleness: float | None = 0.0
-    replay_age: float = 0.0
     validation_loss: float | None = None
     rule: dict[str, float] = field(default_factory=dict)
 
@@ -278,8 +272,9 @@ class StudentRollouts:
             n = len(batch[STREAM])
             source = self.choose(step, total_steps, micro, n)
             if source == "replay" and self.on.buffer_size and len(self.buffer) >= n:
-                out.append(self._replay(batch, step, micro, rank, stats))
-                ages.append((stats.replay_age, n))
+                replayed, age = self._replay(batch, step, micro, rank, stats)
+                out.append(replayed)
+                ages.append((age, n))
                 continue
             if source != "fresh":  # the store's: the initial student's rollouts, or the teacher's
                 out.append(batch)
@@ -316,17 +311,20 @@ class StudentRollouts:
         stats.staleness = sum(a * n for a, n in known) / sum(n for _, n in known) if known else None
         return out
 
-    def _replay(self, batch: TrainBatch, step: int, micro: int, rank: int, stats: GenerationStats) -> TrainBatch:
+    def _replay(
+        self, batch: TrainBatch, step: int, micro: int, rank: int, stats: GenerationStats
+    ) -> tuple[TrainBatch, float]:
+        """``batch`` with its student sequences drawn from the buffer, and their mean age (steps since the weights
+        that generated them)."""
         n = len(batch[STREAM])
         rng = random.Random(derive_seed(self.config.seed, "on_policy", "replay", step, micro, rank))
         picked = [self.buffer[i] for i in rng.sample(range(len(self.buffer)), n)]
-        stats.replay_age = step - sum(p.weights_step for p in picked) / n
         stats.replayed += n
         streams = dict(batch.streams)
         device = batch[STREAM].input_ids.device
         streams[STREAM] = StreamBatch.of([p.seq for p in picked], self.pad_token_id, index=[p.index for p in picked])
         streams[STREAM] = streams[STREAM].to(device)
-        return TrainBatch(streams)
+        return TrainBatch(streams), step - sum(p.weights_step for p in picked) / n
 
     def _generate(self, batch: StreamBatch, model: torch.nn.Module, seed: int) -> list[tuple[RolloutSequence, str]]:
         """One sample per sequence of ``batch``, from its prompt: ``(sequence cut at data.max_length, finish)``."""
@@ -342,7 +340,7 @@ class StudentRollouts:
                 samples = self.generator.generate(prompts, sampling)
         except (RuntimeError, ValueError, AssertionError) as exc:  # an engine that cannot run this model
             name = self.generator.name
-            raise VcrdError(f"on_policy.generator '{name}': generation failed: {_first_line(exc)}") from exc
+            raise VcrdError(f"on_policy.generator '{name}': generation failed: {last_line(exc)[:300]}") from exc
         finally:
             model.train(was_training)
         out = []
@@ -395,7 +393,7 @@ class StudentRollouts:
                 self.generator.load(context)
             except (RuntimeError, ValueError, AssertionError, OSError) as exc:
                 raise VcrdError(
-                    f"on_policy.generator '{self.generator.name}': cannot load '{spec.path}': {_first_line(exc)}"
+                    f"on_policy.generator '{self.generator.name}': cannot load '{spec.path}': {last_line(exc)[:300]}"
                 ) from None
         self._loaded = True
 
@@ -425,7 +423,7 @@ class StudentRollouts:
             except (RuntimeError, ValueError, KeyError, AssertionError) as exc:
                 raise VcrdError(
                     f"on_policy.generator '{self.generator.name}': the student's weights could not be synced: "
-                    f"{_first_line(exc)}"
+                    f"{last_line(exc)[:300]}"
                 ) from None
         self.engine_step = self.synced_step
 
