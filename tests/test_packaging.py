@@ -198,7 +198,7 @@ def test_built_distribution_installs_into_a_fresh_venv_and_runs(tmp_path: Path) 
     assert built_in == dict.fromkeys(BUILT_IN_ENTRY_POINTS, "vcrd")
     comps = {kind: {d["name"]: d["distribution"] for d in items} for kind, items in data["components"].items()}
     expected = {
-        "divergences": ["ab", "fkl", "jsd", "rkl", "skl", "srkl"],
+        "divergences": ["ab", "fkl", "jsd", "rkl", "skl", "skl_adaptive", "srkl", "srkl_adaptive"],
         "weighting": ["clamp", "constant", "difference", "log_clamp", "ratio", "student_only"],
         "judges": ["oracle", "prm_classifier", "prm_value_head", "teacher_likelihood"],
     }

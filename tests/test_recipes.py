@@ -91,6 +91,12 @@ def jsd(p: torch.Tensor, q: torch.Tensor, beta: float) -> torch.Tensor:
     return beta * kl(p, m) + (1 - beta) * kl(q, m)
 
 
+def log_probs_of(tiny: tuple[Path, Path], data: list[dict[str, Any]], role: str) -> tuple[list[torch.Tensor], ...]:
+    """The teacher's and the student's float64 log-probabilities on ``role``'s rollouts."""
+    seqs = stream_seqs(data, role)
+    return log_probs(tiny[0], seqs)[0], log_probs(tiny[1], seqs)[0]
+
+
 def stream_seqs(data: list[dict[str, Any]], role: str) -> list[RolloutSequence]:
     return [RolloutSequence(r["prompt_token_ids"], r["response_token_ids"]) for r in data if r["role"] == role]
 
@@ -122,11 +128,35 @@ def reference_loss(recipe: str, teacher: Path, student: Path, data: list[dict[st
         skl = sequence_mean([kl(p, mixture(p, q, 0.1)) for p, q in zip(tp, tq, strict=True)])
         srkl = sequence_mean([kl(q, mixture(p, q, 0.9)) for p, q in zip(sp, sq, strict=True)])
         return skl + srkl
+    if recipe == "distillm2_adaptive.yaml":  # the same with DistiLLM-2's per-sequence alpha (one micro-batch)
+        a1 = adaptive_alphas(tp, tq, stream_seqs(data, "teacher"), teacher_gap=True)
+        a2 = adaptive_alphas(sp, sq, stream_seqs(data, "student"), teacher_gap=False)
+        skl = sequence_mean([kl(p, mixture(p, q, a)) for p, q, a in zip(tp, tq, a1, strict=True)])
+        srkl = sequence_mean([kl(q, mixture(p, q, 1 - a)) for p, q, a in zip(sp, sq, a2, strict=True)])
+        return skl + srkl
     raise AssertionError(recipe)
 
 
+def adaptive_alphas(
+    ps: list[torch.Tensor], qs: list[torch.Tensor], seqs: list[RolloutSequence], *, teacher_gap: bool
+) -> list[float]:
+    """DistiLLM-2's adaptive alpha per sequence, float64, as ``get_batch_logps`` writes it: p_bar / q_bar the
+    exp of the mean log-probability of the sequence's own tokens, gap p_bar - q_bar (SKL on teacher responses) or
+    q_bar - p_bar (SRKL on student responses), anchor m the mean gap, alpha = clip(1 - 0.9 m / (gap + 1e-5),
+    0.01, 0.1)."""
+    gaps = []
+    for p, q, s in zip(ps, qs, seqs, strict=True):
+        y = torch.tensor(s.response)[:, None]
+        p_bar, q_bar = math.exp(float(p.gather(-1, y).mean())), math.exp(float(q.gather(-1, y).mean()))
+        gaps.append(p_bar - q_bar if teacher_gap else q_bar - p_bar)
+    m = sum(gaps) / len(gaps)
+    return [min(max(1 - 0.9 * m / (g + 1e-5), 0.01), 0.1) for g in gaps]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", ["kd.yaml", "seqkd.yaml", "abkd.yaml", "gkd.yaml", "distillm2.yaml"])
+@pytest.mark.parametrize(
+    "recipe", ["kd.yaml", "seqkd.yaml", "abkd.yaml", "gkd.yaml", "distillm2.yaml", "distillm2_adaptive.yaml"]
+)
 def test_a_recipe_trains_and_its_first_loss_is_the_methods_formula(
     tmp_path: Path, tiny: tuple[Path, Path], recipe: str
 ) -> None:
@@ -142,6 +172,17 @@ def test_a_recipe_trains_and_its_first_loss_is_the_methods_formula(
     tolerance = {"abs": 1e-7 * 17 / (0.2 * 0.7)} if recipe == "abkd.yaml" else {"rel": 1e-5}
     assert got == pytest.approx(want, **tolerance), (got, want)
     assert want > 0
+    if recipe == "distillm2_adaptive.yaml":  # the alphas vary per sequence and are reported
+        metrics = json.loads((Path(config.output.dir) / "metrics.jsonl").read_text().splitlines()[0])
+        alphas = adaptive_alphas(*log_probs_of(tiny, data, "teacher"), stream_seqs(data, "teacher"), teacher_gap=True)
+        assert len(set(alphas)) > 1, alphas
+        assert metrics["teacher_prefix/alpha_min"] == pytest.approx(min(alphas), rel=1e-4)
+        assert metrics["teacher_prefix/alpha_max"] == pytest.approx(max(alphas), rel=1e-4)
+        assert metrics["teacher_prefix/alpha_mean"] == pytest.approx(
+            sum(a * len(s.response) for a, s in zip(alphas, stream_seqs(data, "teacher"), strict=True))
+            / sum(len(s.response) for s in stream_seqs(data, "teacher")),
+            rel=1e-4,
+        )
 
 
 @pytest.mark.slow
@@ -193,6 +234,14 @@ def test_gkd_on_policy_flips_its_seeded_coin_per_step_and_falls_back_to_the_teac
     assert 6 <= sum(fresh) <= 18  # λ = 0.5: a binomial(24, 0.5) draw, inside its 99.7% range
     assert all(m["on_policy/rollouts"] == (8 if f else 0) for m, f in zip(steps, fresh, strict=True))
     assert "teacher_prefix/loss" not in steps[0]  # one stream, as GKD has
+
+
+def test_the_adaptive_alpha_recipe_refuses_the_fused_engine(tmp_path: Path, tiny: tuple[Path, Path]) -> None:
+    from vcrd_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"fused_linear does not compute the per-sequence parameters") as info:
+        recipe_config(tmp_path, tiny, "distillm2_adaptive.yaml", training={"loss_engine": "fused_linear"})
+    assert "teacher_prefix stream's divergence 'skl_adaptive'" in str(info.value) and "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize("name", ["table1_2_math.yaml", "table3_code.yaml", "table4_instruct.yaml"])

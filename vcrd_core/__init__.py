@@ -32,6 +32,7 @@ _EXPORTS: dict[str, str] = {
     "RowJudge": "vcrd_core.judging.judge",
     "TokenJudge": "vcrd_core.judging.judge",
     "Divergence": "vcrd_core.losses.divergence",
+    "SequenceStats": "vcrd_core.losses.divergence",
     "HiddenStreamInputs": "vcrd_core.losses.objective",
     "LMHead": "vcrd_core.losses.objective",
     "ObjectiveOutput": "vcrd_core.losses.objective",
@@ -65,7 +66,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from vcrd_core.errors import ConfigError, ParamError, PluginError, VcrdError
     from vcrd_core.hookspecs import hookimpl
     from vcrd_core.judging.judge import Judge, JudgeContext, JudgeRequest, JudgeScores, Need, RowJudge, TokenJudge
-    from vcrd_core.losses.divergence import Divergence
+    from vcrd_core.losses.divergence import Divergence, SequenceStats
     from vcrd_core.losses.objective import (
         HiddenStreamInputs,
         LMHead,
@@ -141,6 +142,7 @@ __all__ = [
     "PluginError",
     "Reduction",
     "RowJudge",
+    "SequenceStats",
     "Stream",
     "StreamInputs",
     "StreamLoss",

@@ -350,6 +350,19 @@ def validate_components(config: RunConfig) -> dict[str, Any]:
             f"fused_linear computes the teacher's distribution from its hidden states, but the {tokens[0]} stream's "
             "target is its tokens (a point mass); use loss_engine: auto or logits",
         )
+    per_sequence = [
+        name
+        for name, stream in config.streams().items()
+        if stream.enabled and getattr(instances.get(f"objective.{name}.divergence"), "uses_sequence_stats", False)
+    ]
+    if per_sequence and config.training.loss_engine == "fused_linear":
+        name = per_sequence[0]
+        raise ConfigError(
+            "training.loss_engine",
+            f"fused_linear does not compute the per-sequence parameters of the {name} stream's divergence "
+            f"'{instances[f'objective.{name}.divergence'].name}' (they read the logits of the rollout's tokens); "
+            "use loss_engine: auto or logits",
+        )
     return instances
 
 

@@ -20,6 +20,7 @@ computed in float32 whatever the logits' dtype (paper Eq. 2 for SKL/SRKL).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -75,8 +76,10 @@ def _chunk_values(
     teacher_chunk: torch.Tensor,
     student_chunk: torch.Tensor,
     temperature: float,
+    row_params: Mapping[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """``D`` for one chunk, in float32 (the graph, if any, reaches ``student_chunk``)."""
+    """``D`` for one chunk, in float32 (the graph, if any, reaches ``student_chunk``); ``row_params``: the chunk's
+    rows of the divergence's per-point parameters."""
     n = student_chunk.shape[0]
     teacher_chunk, student_chunk = teacher_chunk.float(), student_chunk.float()
     if temperature != 1.0:  # skipped at τ = 1: saves a [chunk, V] copy per tensor
@@ -84,7 +87,7 @@ def _chunk_values(
     teacher_logp = torch.log_softmax(teacher_chunk, dim=-1)
     student_logp = torch.log_softmax(student_chunk, dim=-1)
     del teacher_chunk, student_chunk
-    values = divergence.value(teacher_logp, student_logp)
+    values = divergence.value(teacher_logp, student_logp, **(row_params or {}))
     if not isinstance(values, torch.Tensor) or values.shape != (n,):
         got = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
         raise VcrdError(
@@ -108,6 +111,7 @@ class _ChunkedDivergenceFunction(torch.autograd.Function):
         vocab: int,
         temperature: float,
         chunk: int,
+        row_params: Mapping[str, torch.Tensor],
     ) -> torch.Tensor:
         n = rows.numel()
         out = torch.empty(n, dtype=torch.float32, device=student_logits.device)
@@ -119,7 +123,8 @@ class _ChunkedDivergenceFunction(torch.autograd.Function):
             r = rows[start : start + chunk]
             with torch.enable_grad():
                 s = student.take(r).detach().float().requires_grad_(True)
-                values = _chunk_values(divergence, teacher.take(r).detach(), s, temperature)
+                params = {k: v[start : start + chunk] for k, v in row_params.items()}
+                values = _chunk_values(divergence, teacher.take(r).detach(), s, temperature, params)
                 if values.requires_grad:
                     (g,) = torch.autograd.grad(values.sum(), s, allow_unused=True)
                 else:  # a divergence constant in the student
@@ -157,7 +162,7 @@ class _ChunkedDivergenceFunction(torch.autograd.Function):
             else:
                 r = rows[start : start + ctx.chunk]
                 flat.index_copy_(0, r, flat.index_select(0, r).float().mul_(scale).to(flat.dtype))
-        return grad, None, None, None, None, None, None, None
+        return grad, None, None, None, None, None, None, None, None
 
 
 def chunked_divergence(
@@ -169,6 +174,7 @@ def chunked_divergence(
     vocab_size: int | None = None,
     temperature: float = 1.0,
     chunk_size: int | None = None,
+    row_params: Mapping[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """``D(p_n, q_n)`` for each selected row ``n``, float32 ``[n]``, differentiable w.r.t. ``student_logits``.
 
@@ -182,6 +188,9 @@ def chunked_divergence(
             when ``Vt != Vs`` (padded lm_heads, DESIGN.md §2.6).
         temperature: ``τ > 0``; both distributions are ``softmax(logits / τ)``.
         chunk_size: rows per chunk; default :func:`default_chunk_size` (a ~128 MiB float32 block).
+        row_params: per-row parameters of the divergence (``{name: [n]}``, aligned with ``rows``, detached):
+            each chunk's slice is passed to ``divergence.value`` as keyword arguments
+            (:meth:`vcrd_core.Divergence.row_parameters`).
 
     The gradient is computed in the forward pass (see the module docstring), so peak memory is the
     logits, one gradient buffer in the student's dtype and one chunk's intermediates. Consequences:
@@ -198,6 +207,7 @@ def chunked_divergence(
     rows = torch.arange(m, device=student_logits.device) if rows is None else rows.to(student_logits.device).long()
     teacher_logits = teacher_logits.detach()
     temperature = float(temperature)
+    params = _checked_row_params(row_params, rows.numel(), student_logits.device)
 
     if not (student_logits.requires_grad and torch.is_grad_enabled()):
         out = torch.empty(rows.numel(), dtype=torch.float32, device=student_logits.device)
@@ -205,9 +215,57 @@ def chunked_divergence(
         with torch.no_grad():
             for start in range(0, rows.numel(), chunk):
                 r = rows[start : start + chunk]
-                out[start : start + chunk] = _chunk_values(divergence, teacher.take(r), student.take(r), temperature)
+                sliced = {k: v[start : start + chunk] for k, v in params.items()}
+                out[start : start + chunk] = _chunk_values(
+                    divergence, teacher.take(r), student.take(r), temperature, sliced
+                )
         return out
 
     return _ChunkedDivergenceFunction.apply(
-        student_logits, teacher_logits, divergence, rows, all_rows, vocab, temperature, chunk
+        student_logits, teacher_logits, divergence, rows, all_rows, vocab, temperature, chunk, params
     )
+
+
+def _checked_row_params(
+    row_params: Mapping[str, torch.Tensor] | None, n: int, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """The per-row parameters, detached float32 on ``device``; each must be ``[n]`` (one line otherwise)."""
+    out: dict[str, torch.Tensor] = {}
+    for name, value in (row_params or {}).items():
+        if not isinstance(value, torch.Tensor) or value.shape != (n,):
+            got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise VcrdError(
+                f"chunked_divergence: row parameter {name!r} must be a tensor [{n}] (one per row), got {got}"
+            )
+        out[name] = value.detach().to(device=device, dtype=torch.float32)
+    return out
+
+
+def token_logprobs(
+    logits: torch.Tensor,
+    rows: torch.Tensor,
+    tokens: torch.Tensor,
+    *,
+    vocab_size: int,
+    temperature: float = 1.0,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """``log softmax(logits[row] / τ)[token]`` over the first ``vocab_size`` columns, per flat row, float32 ``[n]``,
+    no gradient; chunked like :func:`chunked_divergence` (one ``[chunk, V]`` block live). A token outside the real
+    vocabulary gets ``-inf``."""
+    chunk = chunk_size if chunk_size is not None else default_chunk_size(vocab_size)
+    flat = FlatRows(logits.detach(), vocab_size)
+    rows = rows.to(logits.device).long()
+    tokens = tokens.to(logits.device).long()
+    out = torch.empty(rows.numel(), dtype=torch.float32, device=logits.device)
+    with torch.no_grad():
+        for start in range(0, rows.numel(), chunk):
+            block = flat.take(rows[start : start + chunk]).float()
+            if temperature != 1.0:
+                block = block / temperature
+            t = tokens[start : start + chunk]
+            inside = t < vocab_size
+            picked = block.gather(1, t.clamp_max(vocab_size - 1).unsqueeze(1)).squeeze(1)
+            value = picked - torch.logsumexp(block, dim=-1)
+            out[start : start + chunk] = value.masked_fill(~inside, float("-inf"))
+    return out

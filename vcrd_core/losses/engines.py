@@ -117,10 +117,16 @@ class LossEngine:
         raise NotImplementedError
 
     def stream_inputs(
-        self, teacher: torch.Tensor, student: torch.Tensor, points: DecisionPoints, weights: Any
+        self,
+        teacher: torch.Tensor,
+        student: torch.Tensor,
+        points: DecisionPoints,
+        weights: Any,
+        input_ids: torch.Tensor | None = None,
     ) -> StreamInputs | HiddenStreamInputs:
         """The objective's input of one stream; ``weights``: ``[B, L]``, None (``w = 1``) or, fused only, a
-        per-chunk callable with a ``want`` attribute (weights made in the loss pass)."""
+        per-chunk callable with a ``want`` attribute (weights made in the loss pass); ``input_ids``: the stream's
+        tokens (read by a divergence with per-sequence parameters, logits engine only)."""
         raise NotImplementedError
 
     def loss_context(self) -> contextlib.AbstractContextManager:
@@ -140,11 +146,16 @@ class LogitsEngine(LossEngine):
         return output.detach()
 
     def stream_inputs(
-        self, teacher: torch.Tensor, student: torch.Tensor, points: DecisionPoints, weights: Any
+        self,
+        teacher: torch.Tensor,
+        student: torch.Tensor,
+        points: DecisionPoints,
+        weights: Any,
+        input_ids: torch.Tensor | None = None,
     ) -> StreamInputs:
         if callable(weights) and not isinstance(weights, torch.Tensor):
             raise VcrdError("the logits engine takes weights as a [B, L] tensor, not weights made in a fused pass")
-        return StreamInputs(teacher, student, points, weights)
+        return StreamInputs(teacher, student, points, weights, input_ids=input_ids)
 
 
 class FusedLinearEngine(LossEngine):
@@ -168,7 +179,12 @@ class FusedLinearEngine(LossEngine):
             return torch.nn.functional.linear(output.detach(), head.weight, head.bias)
 
     def stream_inputs(
-        self, teacher: torch.Tensor, student: torch.Tensor, points: DecisionPoints, weights: Any
+        self,
+        teacher: torch.Tensor,
+        student: torch.Tensor,
+        points: DecisionPoints,
+        weights: Any,
+        input_ids: torch.Tensor | None = None,
     ) -> HiddenStreamInputs:
         heads = (self.heads["teacher"].lm_head(), self.heads["student"].lm_head())
         want = getattr(weights, "want", None) if callable(weights) else None

@@ -27,7 +27,9 @@ class DivergenceValue(Protocol):
     float32 log-probabilities, ``[n]``, differentiable in ``student_logp``. A protocol, so that the engines need not
     import the plugin base class (which sits above them)."""
 
-    def value(self, teacher_logp: torch.Tensor, student_logp: torch.Tensor) -> torch.Tensor: ...
+    def value(
+        self, teacher_logp: torch.Tensor, student_logp: torch.Tensor, **row_params: torch.Tensor
+    ) -> torch.Tensor: ...
 
 
 class FlatRows:

@@ -27,8 +27,8 @@ import torch
 
 from vcrd_core.decision_points import DecisionPoints, Stream
 from vcrd_core.errors import VcrdError
-from vcrd_core.losses.chunked import chunked_divergence
-from vcrd_core.losses.divergence import Divergence
+from vcrd_core.losses.chunked import chunked_divergence, token_logprobs
+from vcrd_core.losses.divergence import Divergence, SequenceStats
 from vcrd_core.losses.fused_linear import RowChunk, RowExtras, fused_linear_divergence
 from vcrd_core.losses.reduction import Reduction, row_coefficients
 from vcrd_core.losses.weighting import check_weight_counts, invalid_weight_counts
@@ -77,7 +77,9 @@ class StreamInputs:
     outputs (row ``t-1`` predicts token ``t``); the teacher's carry no gradient (they are detached).
     The decision points come as ``points`` (a :class:`DecisionPoints`) or as HF-style ``labels``
     ``[B, L]`` (``-100``: not a decision point; :meth:`DecisionPoints.from_labels`), exactly one of them.
-    ``weights`` ``[B, L]`` holds ``w_t`` at the same positions, or None for ``w = 1``.
+    ``weights`` ``[B, L]`` holds ``w_t`` at the same positions, or None for ``w = 1``. ``input_ids`` ``[B, L]``:
+    the stream's tokens, needed only by a divergence with per-sequence parameters
+    (:attr:`vcrd_core.Divergence.uses_sequence_stats`: it reads the log-probability of each rollout token).
     """
 
     teacher_logits: torch.Tensor
@@ -85,6 +87,7 @@ class StreamInputs:
     points: DecisionPoints | None = None
     weights: torch.Tensor | None = None
     labels: torch.Tensor | None = None
+    input_ids: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         self.points = _resolve_points(self.points, self.labels, "StreamInputs")
@@ -178,7 +181,8 @@ class StreamOutput:
     :math:`\\sum w D` (``token_mean``); ``count``: counted sequences, or decision points for
     ``token_mean``; ``num_points``: decision points; ``weight_stats``: min, p50, p90, p99, max, mean
     and the shares of the regimes (``share_attenuation``, ``share_parity``, ``share_amplification``:
-    :mod:`vcrd_core.regimes`) over the decision points.
+    :mod:`vcrd_core.regimes`) over the decision points; ``parameter_stats``: the mean, min and max over the
+    points of each per-sequence divergence parameter (``<name>_mean`` ...; empty for a divergence without).
     """
 
     loss_sum: torch.Tensor
@@ -186,6 +190,7 @@ class StreamOutput:
     num_points: int
     lam: float
     weight_stats: dict[str, float] = field(default_factory=dict)
+    parameter_stats: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -265,6 +270,8 @@ class ObjectiveOutput:
             out[f"{name}/points"] = float(s.num_points)
             for stat, value in s.weight_stats.items():
                 out[f"{name}/weight_{stat}"] = value
+            for stat, value in s.parameter_stats.items():
+                out[f"{name}/{stat}"] = value
         return out
 
 
@@ -430,6 +437,13 @@ class VCRDObjective:
                     if param is not None:
                         zero = zero + param.reshape(-1)[:0].to(torch.float32).sum()
             return StreamOutput(zero, 0, 0, loss.lam, stats)
+        where = f"VCRDObjective ({name} stream)"
+        if loss.divergence.uses_sequence_stats and fused:
+            raise VcrdError(
+                f"{where}: the divergence '{loss.divergence.name}' has per-sequence parameters (it reads the "
+                "log-probabilities of the rollout's tokens), which the fused-linear engine does not compute; use the "
+                "logits engine (training.loss_engine: logits or auto)"
+            )
         if fused:
             assert isinstance(inputs, HiddenStreamInputs)
             # the reduction folded into per-point coefficients: loss_sum = sum_n c_n D_n (fused_linear's docstring)
@@ -457,6 +471,10 @@ class VCRDObjective:
                 stats = self._weight_stats(name, weights)  # filled in chunk by chunk by _DeferredWeights
             return StreamOutput(out.loss, count, num_points, loss.lam, stats)
 
+        assert isinstance(inputs, StreamInputs)
+        params = (
+            self._row_parameters(where, loss.divergence, inputs, points) if loss.divergence.uses_sequence_stats else {}
+        )
         values = chunked_divergence(
             loss.divergence,
             inputs.teacher_logits.detach(),
@@ -465,10 +483,50 @@ class VCRDObjective:
             vocab_size=self.vocab_size,
             temperature=self.temperature,
             chunk_size=self.chunk_size,
+            row_params=params,
         )
         # the same reduction as the fused engine's: loss_sum = sum_n c_n D_n (vcrd_core.losses.reduction)
         coefficients, count = row_coefficients(weights, points.batch, self.reduction)
-        return StreamOutput((coefficients * values.to(torch.float32)).sum(), count, num_points, loss.lam, stats)
+        out = StreamOutput((coefficients * values.to(torch.float32)).sum(), count, num_points, loss.lam, stats)
+        if params:
+            packed = torch.stack([torch.stack([v.mean(), v.min(), v.max()]) for v in params.values()]).tolist()
+            for key, (mean, low, high) in zip(params, packed, strict=True):
+                out.parameter_stats.update({f"{key}_mean": mean, f"{key}_min": low, f"{key}_max": high})
+        return out
+
+    def _row_parameters(
+        self, where: str, divergence: Divergence, inputs: StreamInputs, points: DecisionPoints
+    ) -> dict[str, torch.Tensor]:
+        """The divergence's per-point parameters from the stream's :class:`SequenceStats` (the log-probabilities of
+        the rollout's tokens under both models), checked: ``[n]``, finite."""
+        if inputs.input_ids is None:
+            raise VcrdError(
+                f"{where}: the divergence '{divergence.name}' reads the log-probabilities of the rollout's own tokens; "
+                "pass StreamInputs(..., input_ids=<the stream's [B, L] token ids>)"
+            )
+        points.check_shape(inputs.input_ids, "input_ids", where)
+        tokens = points.gather(inputs.input_ids.to(points.batch.device))
+        vocab = self.vocab_size or int(inputs.student_logits.shape[-1])
+        logp = {
+            role: token_logprobs(
+                logits, points.rows, tokens, vocab_size=vocab, temperature=self.temperature, chunk_size=self.chunk_size
+            )
+            for role, logits in (("teacher", inputs.teacher_logits), ("student", inputs.student_logits))
+        }
+        stats = SequenceStats(
+            logp["teacher"], logp["student"], points.batch.to(logp["student"].device), points.shape[0]
+        )
+        params = dict(divergence.row_parameters(stats))
+        n = points.num_points
+        for key, value in params.items():
+            if not isinstance(value, torch.Tensor) or value.shape != (n,) or not bool(torch.isfinite(value).all()):
+                got = f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+                raise VcrdError(
+                    f"{where}: divergence '{divergence.name}'.row_parameters()[{key!r}] must be a finite tensor [{n}] "
+                    f"(one value per decision point), got {got}"
+                )
+            params[key] = value.detach().float()
+        return params
 
     def _check_hidden(self, name: str, inputs: HiddenStreamInputs) -> None:
         """Hidden states ``[B, L, H]`` of the points' batch and weights ``[B, L]``; the lm_heads' own shapes and the

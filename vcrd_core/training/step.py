@@ -163,7 +163,9 @@ class VCRDTrainer(EngineTrainer):
             sync(device)
             if source.scores_in_step:
                 self._times.judge += time.perf_counter() - t0
-            stream_inputs[stream] = engine.stream_inputs(teacher_out, student_out, batch[stream].points, weights)
+            stream_inputs[stream] = engine.stream_inputs(
+                teacher_out, student_out, batch[stream].points, weights, input_ids=batch[stream].input_ids
+            )
         t1 = time.perf_counter()
         with engine.loss_context():
             out = self.objective(**stream_inputs)
@@ -190,8 +192,8 @@ class VCRDTrainer(EngineTrainer):
 
         first = batch[self.streams[0]]
         setting = self.loss_engine_setting
-        if setting == "auto" and any(self.plan.streams[s].target == "tokens" for s in self.streams):
-            setting = "logits"  # a point-mass target is made as logits (config validation refuses fused_linear)
+        if setting == "auto" and any(self._needs_logits(s) for s in self.streams):
+            setting = "logits"  # config validation refuses fused_linear for these
         self.engine, self.loss_engine_reason = choose_engine(
             setting,
             self.teacher,
@@ -209,6 +211,12 @@ class VCRDTrainer(EngineTrainer):
             s: weight_source(plan.streams[s], plan.mode, plan.cache_static, self.engine) for s in self.streams
         }
         return self.engine
+
+    def _needs_logits(self, stream: str) -> bool:
+        """The stream's target is its tokens (a point mass, made as logits) or its divergence has per-sequence
+        parameters (read from the logits of the rollout's tokens): the logits engine."""
+        plan = self.plan.streams[stream]
+        return plan.target == "tokens" or plan.divergence.uses_sequence_stats
 
     def forward_both(self, batch: TrainBatch, model: torch.nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """One teacher and one student forward over both streams' sequences, split back by stream: per stream
@@ -378,4 +386,14 @@ class VCRDTrainer(EngineTrainer):
                         metrics[f"{stream}/weight_max"] = max(v for v, _ in vals)
                     else:  # p90 of the step: the points-weighted mean of the micro-batches' p90
                         metrics[f"{stream}/weight_{stat}"] = sum(v * n for v, n in vals) / points
+            # a divergence's per-sequence parameters (DistiLLM-2's adaptive alpha): points-weighted mean, min, max
+            keys = dict.fromkeys(k for o in outs for k in o.parameter_stats)
+            for key in keys:
+                vals = [(o.parameter_stats[key], o.num_points) for o in outs if key in o.parameter_stats]
+                if key.endswith("_min"):
+                    metrics[f"{stream}/{key}"] = min(v for v, _ in vals)
+                elif key.endswith("_max"):
+                    metrics[f"{stream}/{key}"] = max(v for v, _ in vals)
+                elif points:
+                    metrics[f"{stream}/{key}"] = sum(v * n for v, n in vals) / points
         return metrics

@@ -39,7 +39,7 @@ CASES: list[tuple[str, Any, str]] = [
         "unknown_component_name",
         with_(objective={"teacher_prefix": stream({"name": "fkll"})}),
         "objective.teacher_prefix.divergence.name: Unknown divergence 'fkll'. Did you mean 'fkl'? "
-        "Available: ab, fkl, jsd, rkl, skl, srkl.",
+        "Available: ab, fkl, jsd, rkl, skl, skl_adaptive, srkl, srkl_adaptive.",
     ),
     (
         "unknown_key_top_level",

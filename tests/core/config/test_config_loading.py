@@ -112,7 +112,7 @@ def test_json_schema_lists_installed_components_and_accepts_the_examples() -> No
     schema = config_schema()
     jsonschema.Draft202012Validator.check_schema(schema)
     divergences = {o["properties"]["name"]["const"] for o in schema["$defs"]["DivergenceSpec"]["oneOf"]}
-    assert divergences == {"ab", "fkl", "jsd", "rkl", "skl", "srkl"}
+    assert divergences == {"ab", "fkl", "jsd", "rkl", "skl", "skl_adaptive", "srkl", "srkl_adaptive"}
     validator = jsonschema.Draft202012Validator(schema)
     for name in ("qwen25_math_table9.yaml", "vcrd_prob.yaml"):
         data = yaml.safe_load((EXAMPLES / name).read_text())

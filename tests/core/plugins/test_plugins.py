@@ -136,7 +136,8 @@ def test_plugins_json_lists_built_in_components_with_their_distributions() -> No
     comps = json.loads(result.stdout)["components"]
     div = {d["name"]: (d["plugin"], d["distribution"]) for d in comps["divergences"]}
     rules = {d["name"]: (d["plugin"], d["distribution"]) for d in comps["weighting"]}
-    assert div == dict.fromkeys(["ab", "fkl", "jsd", "rkl", "skl", "srkl"], ("vcrd-divergences", "vcrd"))
+    names = ["ab", "fkl", "jsd", "rkl", "skl", "skl_adaptive", "srkl", "srkl_adaptive"]
+    assert div == dict.fromkeys(names, ("vcrd-divergences", "vcrd"))
     assert rules == dict.fromkeys(
         ["clamp", "constant", "difference", "log_clamp", "ratio", "student_only"], ("vcrd-weighting", "vcrd")
     )
