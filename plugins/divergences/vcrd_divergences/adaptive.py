@@ -36,7 +36,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 import vcrd_core
-from vcrd_divergences.mixture import kl_rows
+from vcrd_divergences.mixture import kl_rows, log_mixture
 
 
 class AdaptiveAlphaParams(BaseModel):
@@ -68,15 +68,6 @@ def adaptive_alpha(gap: torch.Tensor, has_points: torch.Tensor, params: Adaptive
     return alpha.nan_to_num(nan=params.alpha).clamp(params.min_alpha, params.alpha)
 
 
-def _log_mixture_rows(log_p: torch.Tensor, log_q: torch.Tensor, weight_p: torch.Tensor) -> torch.Tensor:
-    r""":math:`\log(w_n p + (1-w_n) q)` per row with ``w`` ``[n]`` in (0, 1); both-zero entries stay ``-inf``."""
-    both_zero = torch.isneginf(log_p) & torch.isneginf(log_q)
-    w = weight_p.unsqueeze(-1)
-    a = log_p.masked_fill(both_zero, 0.0) + torch.log(w)
-    b = log_q.masked_fill(both_zero, 0.0) + torch.log1p(-w)
-    return torch.logaddexp(a, b).masked_fill(both_zero, float("-inf"))
-
-
 class AdaptiveSkewKL(vcrd_core.Divergence):
     r"""SKL with DistiLLM-2's per-sequence α: KL(p || α₁ p + (1-α₁) q), α₁ from the gap p̄ − q̄ (module docstring).
 
@@ -93,7 +84,7 @@ class AdaptiveSkewKL(vcrd_core.Divergence):
         return {"alpha": stats.at_points(adaptive_alpha(gap, stats.has_points(), self.params))}
 
     def value(self, teacher_logp: torch.Tensor, student_logp: torch.Tensor, **row_params: torch.Tensor) -> torch.Tensor:
-        return kl_rows(teacher_logp, _log_mixture_rows(teacher_logp, student_logp, row_params["alpha"]))
+        return kl_rows(teacher_logp, log_mixture(teacher_logp, student_logp, row_params["alpha"]))
 
 
 class AdaptiveSkewReverseKL(vcrd_core.Divergence):
@@ -119,4 +110,4 @@ class AdaptiveSkewReverseKL(vcrd_core.Divergence):
 
     def value(self, teacher_logp: torch.Tensor, student_logp: torch.Tensor, **row_params: torch.Tensor) -> torch.Tensor:
         inner = student_logp.detach() if self.params.detach_mixture else student_logp
-        return kl_rows(student_logp, _log_mixture_rows(teacher_logp, inner, 1.0 - row_params["alpha"]))
+        return kl_rows(student_logp, log_mixture(teacher_logp, inner, 1.0 - row_params["alpha"]))
