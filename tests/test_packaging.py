@@ -200,7 +200,7 @@ def test_built_distribution_installs_into_a_fresh_venv_and_runs(tmp_path: Path) 
     expected = {
         "divergences": ["ab", "fkl", "jsd", "rkl", "skl", "skl_adaptive", "srkl", "srkl_adaptive"],
         "weighting": ["clamp", "constant", "difference", "log_clamp", "ratio", "student_only"],
-        "judges": ["oracle", "prm_classifier", "prm_value_head", "teacher_likelihood"],
+        "judges": ["mc_value", "oracle", "prm_classifier", "prm_value_head", "teacher_likelihood"],
     }
     for kind, names in expected.items():
         assert {n: comps[kind].get(n) for n in names} == dict.fromkeys(names, "vcrd"), kind

@@ -26,7 +26,7 @@ from vcrd_core.commands import load_handler
 from vcrd_core.errors import VcrdError, VcrdWarning
 
 #: Subcommand modules in ``vcrd --help`` order.
-COMMANDS: tuple[str, ...] = ("plugins", "config", "rollouts", "score", "train", "eval", "analyze", "grid")
+COMMANDS: tuple[str, ...] = ("plugins", "config", "rollouts", "score", "train", "eval", "analyze", "grid", "prm")
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:

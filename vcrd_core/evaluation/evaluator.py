@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from vcrd_core.data.examples import Example
 from vcrd_core.data.prompts import load_rows
 from vcrd_core.errors import VcrdError
 from vcrd_core.plugins.component import Component
@@ -119,7 +120,17 @@ class Evaluator(Component):
     #: What the summary's numbers are called.
     metric: ClassVar[str] = "pass@1"
 
+    #: What the grading item of a *training* example holds as ``reference`` (for judges that grade outcomes, such
+    #: as ``mc_value``): the example's reference answer (``data.answer_field``) or its tests (``data.tests_field``).
+    grades_against: ClassVar[Literal["reference", "tests"]] = "reference"
+
     Params = EvaluatorParams
+
+    def example_item(self, example: Example, index: int = 0) -> EvalItem:
+        """The grading item of one training example: its prompt text, its reference or tests
+        (:attr:`grades_against`) and its other fields as the row."""
+        reference = example.tests if self.grades_against == "tests" else example.reference
+        return EvalItem("train", index, example.prompt, reference, dict(example.fields))
 
     def check(self) -> None:
         """Cheap run-time checks before any model is loaded (dependencies, data files, sandbox, endpoint)."""

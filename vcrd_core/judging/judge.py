@@ -16,8 +16,8 @@ loads nothing; :meth:`Judge.load` receives the run-time context.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -39,13 +39,32 @@ class Need(str, enum.Enum):
 
 @dataclass
 class JudgeContext:
-    """Run-time context handed to :meth:`Judge.load` (never to ``__init__``)."""
+    """Run-time context handed to :meth:`Judge.check` and :meth:`Judge.load` (never to ``__init__``).
+
+    ``models`` are the run's model specs by role (``teacher``, ``student``: objects with ``path`` and ``dtype``),
+    for judges that run one of them (``mc_value``'s completer); ``data`` is the run's data section (its
+    ``answer_field`` / ``tests_field`` say whether examples carry a reference). Both are empty/None outside a run.
+    """
 
     tokenizer: Any = None
     device: torch.device | str = "cpu"
     dtype: torch.dtype = torch.float32
     vocab_size: int | None = None  # the policy tokenizer's real vocabulary size
     accelerator: Any = None
+    models: Mapping[str, Any] = field(default_factory=dict)
+    tokenizer_path: str | None = None
+    data: Any = None
+
+    @classmethod
+    def for_run(cls, config: Any, **values: Any) -> JudgeContext:
+        """A context carrying ``config``'s model specs, tokenizer directory and data section, plus ``values``."""
+        models = config.models
+        return cls(
+            models={"teacher": models.teacher, "student": models.student},
+            tokenizer_path=models.tokenizer or models.student.path,
+            data=config.data,
+            **values,
+        )
 
 
 @dataclass

@@ -214,7 +214,7 @@ def score_store(
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tok = found.tokenizer
     pad_id = pad_token_id(tok)
-    plan.load_judges(JudgeContext(tokenizer=tok, device=device, vocab_size=found.vocab_size))
+    plan.load_judges(JudgeContext.for_run(config, tokenizer=tok, device=device, vocab_size=found.vocab_size))
     teacher = load_causal_lm(config.models.teacher, "models.teacher.path").to(device).eval()
     student = load_causal_lm(config.models.student, "models.student.path").to(device).eval()
     if batch_size is None:

@@ -203,7 +203,7 @@ def check_all(config: RunConfig, *, read_prompts: bool = True, output_dir: bool 
             prompts[where] = found
 
     if tokenizer is not None:
-        context = JudgeContext(tokenizer=tokenizer, vocab_size=len(tokenizer))
+        context = JudgeContext.for_run(config, tokenizer=tokenizer, vocab_size=len(tokenizer))
         judges = attempt("judge", _judges, config) or {}
         for path, judge in judges.items():
             attempt(path, judge.check, context)

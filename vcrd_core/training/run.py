@@ -281,8 +281,8 @@ def build_trainer(
     student = apply_lora(config, student)
     args = training_arguments(prepared.training_kwargs)
     plan = prepared.plan
-    context = JudgeContext(
-        tokenizer=tokenizer, device=args.device, dtype=next(teacher.parameters()).dtype, vocab_size=vocab_size
+    context = JudgeContext.for_run(
+        config, tokenizer=tokenizer, device=args.device, dtype=next(teacher.parameters()).dtype, vocab_size=vocab_size
     )
     plan.load_judges(context, computed_only=True)
     trainer = trainer_class(

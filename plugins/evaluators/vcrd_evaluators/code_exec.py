@@ -25,6 +25,7 @@ from typing import Any
 
 from pydantic import Field
 
+from vcrd_core.data.examples import Example
 from vcrd_core.errors import VcrdError
 from vcrd_core.evaluation.evaluator import EvalDataset, EvalItem, Evaluator, EvaluatorParams, Verdict, read_dataset
 from vcrd_evaluators.sandbox import Limits, find_interpreter, run_program
@@ -109,6 +110,13 @@ class CodeEvaluator(Evaluator):
         output_kb: int = Field(1024, gt=0, description="Largest output or file a program may write.")
         workers: int = Field(0, ge=0, description="Programs run at once; 0: the CPU count.")
         python: str | None = Field(None, description="Interpreter for the programs; default: found by a probe.")
+
+    grades_against = "tests"
+
+    def example_item(self, example: Example, index: int = 0) -> EvalItem:
+        item = super().example_item(example, index)
+        item.reference = parse_tests(item.reference, f"example {example.id} (data.tests_field)")
+        return item
 
     def limits(self) -> Limits:
         p = self.params
