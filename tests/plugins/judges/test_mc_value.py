@@ -246,3 +246,28 @@ def test_the_valid_config_passes_the_check(cli_run: dict[str, Any]) -> None:
 
 def test_ascii_tokenizer_is_really_another_vocabulary() -> None:
     assert ascii_tokenizer().get_vocab() != build_char_tokenizer().get_vocab()
+
+
+def test_vcrd_score_with_an_hf_completer_fills_the_store_with_smoothed_shares(cli_run: dict[str, Any]) -> None:
+    """Offline, the main mode: a real tiny teacher writes the continuations through the `hf` generator."""
+    root = cli_run["root"]
+    (root / "four.jsonl").write_text(
+        "".join(f'{{"prompt": "{p}", "answer": "{eval(p.rstrip("="))}"}}\n' for p in ("2*3=", "4+5=", "9-1*2=", "7*1="))
+    )
+    config = yaml.safe_load(yaml.safe_dump(cli_run["config"]))
+    config["data"] |= {"train": str(root / "four.jsonl"), "max_prompt_length": 16, "max_length": 32}
+    config["rollouts"] = {"generator": {"name": "hf"}, "max_new_tokens": 8, "store": str(root / "store")}
+    config["judge"]["params"] |= {"samples": 3, "max_new_tokens": 8, "generator": {"name": "hf"}}
+    path = root / "score.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert run_vcrd("rollouts", str(path)).returncode == 0
+    scored = run_vcrd("score", str(path))
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    from vcrd_core.rollouts.store import RolloutStore
+
+    table = RolloutStore(root / "store").read()
+    values = [v for col in ("r_s", "r_t") for vs in table[col].to_pylist() for v in vs]
+    assert len(values) == 2 * sum(len(r) for r in table["response_token_ids"].to_pylist()) > 0
+    for v in values:  # (s + 1) / (K + 2) with an integer s in [0, K]
+        s = v * 5 - 1
+        assert abs(s - round(s)) < 1e-5 and 0 <= round(s) <= 3
