@@ -124,9 +124,9 @@ def bench_prm_train(args: argparse.Namespace, root: Path) -> list[dict]:
 
     from tests.core.training.helpers import save_model
     from vcrd_core.config.loader import load_config
-    from vcrd_core.judging.prm_labels import label_store
+    from vcrd_core.prm.labels import label_store
+    from vcrd_core.prm.train import train_prm
     from vcrd_core.rollouts.run import generate_rollouts
-    from vcrd_core.training.prm import train_prm
 
     build_task(root / "task")
     lines = (root / "task" / "distill.jsonl").read_text().splitlines()[: args.prm_prompts]

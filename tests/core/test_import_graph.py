@@ -8,8 +8,8 @@ Layers, bottom first (a unit is a package or one module; a module belongs to its
 1. ``plugins``: the plugin machinery (components, the kinds, the registry, the pluggy manager, param validation)
 2. ``config``; 3. ``data``; 4. ``losses``; 5. ``judging``;
 6. ``plan``, ``runs.models``, ``runs.provenance``; 7. ``runs.preflight`` (and the rest of ``runs``);
-8. ``rollouts``; 9. ``evaluation``; 10. ``training``; 11. ``grid``; 12. ``commands``, ``cli``, ``__main__``;
-13. the package itself (``vcrd_core``: the public names, re-exported lazily).
+8. ``rollouts``; 9. ``evaluation``; 10. ``training``; 11. ``prm``; 12. ``grid``; 13. ``commands``, ``cli``,
+``__main__``; 14. the package itself (``vcrd_core``: the public names, re-exported lazily).
 
 Edges *into* a package's ``__init__`` (``from vcrd_core import __version__``, or importing a submodule, which
 imports its package first) are the import system's, not a design dependency: they are left out.
@@ -37,6 +37,7 @@ LAYERS: list[list[str]] = [
     ["rollouts"],
     ["evaluation"],
     ["training"],
+    ["prm"],
     ["grid"],
     ["commands", "cli", "__main__"],
     [""],  # vcrd_core itself

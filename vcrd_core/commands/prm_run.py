@@ -9,6 +9,9 @@ import yaml
 
 from vcrd_core.config.loader import load_config
 from vcrd_core.errors import VcrdError
+from vcrd_core.prm.calibrate import calibrate, markdown_table
+from vcrd_core.prm.labels import label_store
+from vcrd_core.prm.train import train_prm
 from vcrd_core.runs.console import console
 
 
@@ -29,8 +32,6 @@ def _judge_specs(values: list[str]) -> dict[str, dict]:
 def run(args: argparse.Namespace) -> int:
     out = console()
     if args.prm_command == "label":
-        from vcrd_core.judging.prm_labels import label_store
-
         summary = label_store(
             load_config(args.file, args.set),
             args.out,
@@ -49,8 +50,6 @@ def run(args: argparse.Namespace) -> int:
         )
         return 0
     if args.prm_command == "train":
-        from vcrd_core.training.prm import train_prm
-
         info = train_prm(
             args.labels,
             args.base,
@@ -68,8 +67,6 @@ def run(args: argparse.Namespace) -> int:
         )
         out.print(json.dumps(info, indent=2))
         return 0
-    from vcrd_core.judging.calibrate import calibrate, markdown_table
-
     report = calibrate(
         load_config(args.file, args.set),
         args.labels,

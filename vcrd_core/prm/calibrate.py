@@ -27,8 +27,8 @@ from vcrd_core.decision_points import DecisionPoints, Stream
 from vcrd_core.errors import VcrdError
 from vcrd_core.judging.calibration import DEFAULT_BINS, calibration_summary, plot_reliability
 from vcrd_core.judging.judge import JudgeContext, JudgeRequest, Need, checked_scores
-from vcrd_core.judging.prm_labels import read_labels
 from vcrd_core.plugins.registry import create
+from vcrd_core.prm.labels import read_labels
 from vcrd_core.rollouts.sequences import RolloutSequence, StreamBatch
 from vcrd_core.runs.atomic import atomic_write_text
 from vcrd_core.runs.models import load_causal_lm, pad_token_id

@@ -20,13 +20,13 @@ from tests.conftest import run_vcrd
 from tests.core.training.helpers import save_model
 from vcrd_core import create
 from vcrd_core.config.loader import load_config
-from vcrd_core.judging.calibrate import judge_predictions, labelled_batches
 from vcrd_core.judging.judge import JudgeContext
-from vcrd_core.judging.prm_labels import read_labels
+from vcrd_core.prm.calibrate import judge_predictions, labelled_batches
+from vcrd_core.prm.labels import read_labels
+from vcrd_core.prm.train import ValueHeadPrm, render_prompt
 from vcrd_core.rollouts.run import generate_rollouts
 from vcrd_core.rollouts.store import RolloutStore
 from vcrd_core.runs.preflight import load_tokenizer
-from vcrd_core.training.prm import ValueHeadPrm, render_prompt
 
 K = 8
 PROMPTS = 400

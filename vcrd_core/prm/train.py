@@ -35,9 +35,12 @@ from typing import Any
 
 import torch
 
+from vcrd_core.config.models import TORCH_DTYPES
 from vcrd_core.errors import VcrdError
-from vcrd_core.judging.prm_labels import read_labels
+from vcrd_core.judging.calibration import apply_temperature, brier_score, fit_temperature
+from vcrd_core.prm.labels import read_labels
 from vcrd_core.runs.atomic import atomic_write_text
+from vcrd_core.runs.preflight import load_tokenizer
 from vcrd_core.training.base import METRICS_FILE, EngineTrainer
 
 PRM_INFO_FILE = "vcrd-prm.json"
@@ -162,8 +165,6 @@ def predict(model: ValueHeadPrm, sequences: list[dict[str, Any]], pad_id: int, b
 
 
 def _load_tokenizer(base: Path, tokenizer_path: str | None) -> tuple[Any, Path]:
-    from vcrd_core.runs.preflight import load_tokenizer
-
     source = Path(tokenizer_path) if tokenizer_path else base
     return load_tokenizer(str(source), "--tokenizer" if tokenizer_path else "--base"), source
 
@@ -205,9 +206,6 @@ def train_prm(
 ) -> dict[str, Any]:
     """Fit the PRM (see the module docstring) and save it to ``out``; returns what ``vcrd-prm.json`` records."""
     from transformers import AutoConfig, AutoModelForCausalLM, TrainingArguments, set_seed
-
-    from vcrd_core.config.models import TORCH_DTYPES
-    from vcrd_core.judging.calibration import apply_temperature, brier_score, fit_temperature
 
     out, base = Path(out), Path(base)
     if out.exists() and any(out.iterdir()) and not overwrite:
