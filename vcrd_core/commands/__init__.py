@@ -51,3 +51,14 @@ def add_config_arguments(parser: argparse.ArgumentParser, example: str) -> None:
         metavar="PATH=VALUE",
         help=f"override one config value, e.g. --set {example} (repeatable; VALUE is YAML)",
     )
+
+
+def positive_int(text: str) -> int:
+    """An argparse ``type``: an integer >= 1 (argparse prints the usage and this one line otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from vcrd_core.commands import add_command, add_config_arguments
+from vcrd_core.commands import add_command, add_config_arguments, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,10 +28,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_config_arguments(label, "judge.params.samples=16")
     label.add_argument("--out", required=True, metavar="DIR", help="labels directory (resumable)")
     label.add_argument("--role", action="append", choices=("teacher", "student"), help="label only these rollouts")
-    label.add_argument("--limit", type=int, default=None, metavar="N", help="label the first N rollouts per role")
+    label.add_argument(
+        "--limit", type=positive_int, default=None, metavar="N", help="label the first N rollouts per role"
+    )
     label.add_argument("--validation", type=float, default=0.1, help="share of prompts held out for validation")
     label.add_argument("--test", type=float, default=0.2, help="share of prompts held out for testing")
-    label.add_argument("--batch-size", type=int, default=16, help="rollouts per generate call (default 16)")
+    label.add_argument("--batch-size", type=positive_int, default=16, help="rollouts per generate call (default 16)")
 
     train = actions.add_parser("train", help="a value-head PRM fitted to Monte-Carlo labels")
     train.add_argument("--labels", required=True, metavar="DIR", help="a `vcrd prm label` directory")
@@ -45,7 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     train.add_argument("--epochs", type=float, default=3.0)
     train.add_argument("--learning-rate", type=float, default=1e-4)
-    train.add_argument("--batch-size", type=int, default=16, help="labelled rollouts per step")
+    train.add_argument("--batch-size", type=positive_int, default=16, help="labelled rollouts per step")
     train.add_argument("--lora-r", type=int, default=0, help="LoRA rank on the body (0: full fine-tuning)")
     train.add_argument("--no-temperature-scaling", action="store_true", help="do not fit T on the validation split")
     train.add_argument("--dtype", default="float32", help="body dtype (float32, bfloat16, ...)")
@@ -64,5 +66,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     cal.add_argument("--out", required=True, metavar="DIR", help="report directory")
     cal.add_argument("--split", default="test", choices=("train", "validation", "test"))
-    cal.add_argument("--bins", type=int, default=10, help="equal-width bins of the ECE and the diagram")
-    cal.add_argument("--batch-size", type=int, default=16)
+    cal.add_argument("--bins", type=positive_int, default=10, help="equal-width bins of the ECE and the diagram")
+    cal.add_argument("--batch-size", type=positive_int, default=16)

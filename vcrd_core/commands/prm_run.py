@@ -42,11 +42,13 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             console=console(stderr=True),
         )
-        work = summary["work"]
+        work, mean = summary["work"], summary["label_mean"]
+        ungraded = f", {work['ungraded']:.0f} continuations ungraded (counted as failures)" if work["ungraded"] else ""
         out.print(
             f"{summary['points']} labelled points in {args.out} (splits {summary['splits']}, mean label "
-            f"{summary['label_mean']:.3f}); {work['continuations']} continuations for {work['unique']} unique of "
-            f"{work['prefixes']} prefixes, {work['eos_graded']} graded at EOS, {summary['seconds']:.1f} s"
+            f"{'-' if mean is None else f'{mean:.3f}'}); {work['continuations']} continuations for {work['unique']} "
+            f"unique of {work['prefixes']} prefixes, {work['eos_graded']} graded at EOS{ungraded}, "
+            f"{summary['seconds']:.1f} s"
         )
         return 0
     if args.prm_command == "train":

@@ -197,7 +197,23 @@ def fit_temperature(predictions: Any, labels: Any, *, eps: float = 1e-6) -> floa
     """
     eps = _check_eps(eps)
     p, y = _pair(predictions, labels)
-    z = _logit(p, eps)
+    return _fit_log_t(_logit(p, eps), y)
+
+
+def fit_temperature_to_logits(logits: Any, labels: Any) -> float:
+    """:func:`fit_temperature` for scores given as logits ``z`` (the model's own, unclipped): the
+    :math:`T \\in [10^{-2}, 10^2]` minimising the mean soft binary cross-entropy of :math:`\\sigma(z / T)`."""
+    z = _as_array(logits, "logits")
+    y = _as_array(labels, "labels")
+    if z.shape != y.shape or z.size == 0:
+        raise VcrdError(f"logits and labels must be non-empty and of one length (got {z.size} and {y.size})")
+    if not np.all(np.isfinite(z)):
+        raise VcrdError("logits must be finite numbers")
+    _check_unit_interval(y, "labels")
+    return _fit_log_t(z, y)
+
+
+def _fit_log_t(z: np.ndarray, y: np.ndarray) -> float:
     if not np.any(z):
         return 1.0
     # scipy is not installed in this project's environment, so instead of scipy.optimize.minimize_scalar

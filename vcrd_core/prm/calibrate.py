@@ -109,6 +109,9 @@ def calibrate(
     """The calibration report of ``judges`` (label -> ``{name, params}``) on ``split`` of ``labels``, into ``out``."""
     if not judges:
         raise VcrdError("name at least one judge to calibrate (--judge LABEL=SPEC)")
+    for what, value in (("--bins", bins), ("--batch-size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise VcrdError(f"{what} must be an integer >= 1, got {value!r}")  # before any judge runs
     table = read_labels(labels, split)
     built = {}
     for label, spec in judges.items():

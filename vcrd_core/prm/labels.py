@@ -39,7 +39,7 @@ from vcrd_core.plugins.registry import create
 from vcrd_core.rollouts.generator import derive_seed
 from vcrd_core.rollouts.run import store_dir
 from vcrd_core.rollouts.store import RolloutStore
-from vcrd_core.runs.atomic import atomic_write_text
+from vcrd_core.runs.atomic import atomic_path, atomic_write_text
 from vcrd_core.runs.console import console as make_console
 from vcrd_core.runs.console import progress
 from vcrd_core.runs.preflight import preflight
@@ -74,9 +74,8 @@ def split_of(prompt_index: int, seed: int, validation: float, test: float) -> st
 
 def _write_parquet(table: pa.Table, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def read_labels(root: str | Path, split: str | None = None) -> pa.Table:

@@ -26,7 +26,6 @@ records the labels, base, prompt template, temperature and the fit's numbers.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from collections import defaultdict
@@ -37,9 +36,9 @@ import torch
 
 from vcrd_core.config.models import TORCH_DTYPES
 from vcrd_core.errors import VcrdError
-from vcrd_core.judging.calibration import apply_temperature, brier_score, fit_temperature
+from vcrd_core.judging.calibration import brier_score, fit_temperature_to_logits
 from vcrd_core.prm.labels import read_labels
-from vcrd_core.runs.atomic import atomic_write_text
+from vcrd_core.runs.atomic import atomic_path, atomic_write_text
 from vcrd_core.runs.preflight import load_tokenizer
 from vcrd_core.training.base import METRICS_FILE, EngineTrainer
 
@@ -83,7 +82,14 @@ class ValueHeadPrm(torch.nn.Module):
 
 def render_prompt(template: str, tokenizer: Any, problem: str) -> list[int]:
     """The PRM's prompt ids, exactly as ``prm_value_head`` renders them (``{bos}`` = the tokenizer's BOS text)."""
-    return tokenizer.encode(template.format(bos=tokenizer.bos_token or "", problem=problem), add_special_tokens=False)
+    text = template.format(bos=tokenizer.bos_token or "", problem=problem)
+    try:
+        return tokenizer.encode(text, add_special_tokens=False)
+    except Exception as exc:  # tokenizers raises a bare Exception for text its vocabulary cannot encode
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise VcrdError(
+            f"--prompt-template {template!r}: the tokenizer cannot encode the rendered prompt {text!r} ({reason})"
+        ) from None
 
 
 def sequences_of(table: Any, tokenizer: Any, template: str) -> list[dict[str, Any]]:
@@ -174,12 +180,13 @@ def save_prm(model: ValueHeadPrm, config: Any, out: Path, tokenizer_dir: Path) -
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
+    for stale in [out / "model.safetensors.index.json", *out.glob("model-*-of-*.safetensors")]:
+        stale.unlink(missing_ok=True)  # shards of an earlier model here: the loader would prefer them
     state = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.model.state_dict().items()}
     state["v_head.summary.weight"] = model.v_head.summary.weight.detach().float().cpu().contiguous()
     state["v_head.summary.bias"] = model.v_head.summary.bias.detach().float().cpu().contiguous()
-    tmp = out / ".model.safetensors.tmp"
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    tmp.replace(out / "model.safetensors")
+    with atomic_path(out / "model.safetensors") as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt"})
     config_dict = config.to_dict()
     config_dict["architectures"] = ["VcrdValueHeadPrm"]
     atomic_write_text(out / "config.json", json.dumps(config_dict, indent=2) + "\n")
@@ -231,7 +238,19 @@ def train_prm(
     set_seed(seed)
     config = AutoConfig.from_pretrained(str(base), local_files_only=True)
     lm = AutoModelForCausalLM.from_pretrained(str(base), dtype=TORCH_DTYPES[dtype], local_files_only=True)
+    if lm.base_model_prefix != "model":
+        raise VcrdError(
+            f"--base '{base}': its body is '{lm.base_model_prefix}', but the Skywork value-head layout that "
+            "prm_value_head loads keys it 'model.' (Llama, Qwen2, Mistral, Gemma, ... bodies); use such a base"
+        )
     body = getattr(lm, lm.base_model_prefix)
+    embeddings = int(lm.get_input_embeddings().weight.shape[0])
+    largest = max((max(q["input_ids"]) for q in train_seqs + val_seqs), default=-1)
+    if largest >= embeddings:
+        raise VcrdError(
+            f"--base '{base}' embeds {embeddings} token ids but the labelled responses hold id {largest}: the "
+            "labels' token ids are the policy tokenizer's, so the base must use that tokenizer (--tokenizer)"
+        )
     model = ValueHeadPrm(body, int(config.hidden_size))
     if lora_r > 0:
         from peft import LoraConfig, get_peft_model
@@ -284,16 +303,17 @@ def train_prm(
     }
     if val_seqs:
         logits, targets = predict(model, val_seqs, int(pad_id), batch_size)
-        probs = [1.0 / (1.0 + math.exp(-z)) for z in logits]
         info["validation_points"] = len(targets)
-        info["validation_brier"] = brier_score(probs, targets)
+        info["validation_brier"] = brier_score(torch.sigmoid(torch.tensor(logits, dtype=torch.float64)), targets)
         if temperature_scaling:
-            t = fit_temperature(probs, targets)
+            t = fit_temperature_to_logits(logits, targets)  # on the head's own logits, unclipped
             info["temperature"] = t
-            info["validation_brier_scaled"] = brier_score(apply_temperature(probs, t), targets)
             with torch.no_grad():  # sigmoid(z / T): fold 1/T into the head
                 model.v_head.summary.weight.div_(t)
                 model.v_head.summary.bias.div_(t)
+            folded, _ = predict(model, val_seqs, int(pad_id), batch_size)  # the head as saved
+            scaled = torch.sigmoid(torch.tensor(folded, dtype=torch.float64))
+            info["validation_brier_scaled"] = brier_score(scaled, targets)
     save_prm(model, config, out, tokenizer_dir)
     atomic_write_text(out / PRM_INFO_FILE, json.dumps(info, indent=2) + "\n")
     return info

@@ -73,9 +73,16 @@ class HFGenerator(Generator):
         self.model = None
 
     def generate(self, prompt_token_ids: list[list[int]], sampling: Sampling) -> list[list[Sample]]:
+        # The seed is this call's own: the caller's random state (a training run's dropout, shuffling, online
+        # proposals) is restored afterwards, so generating inside a training step does not reset it.
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(sampling.seed)
+            return self._generate(prompt_token_ids, sampling)
+
+    def _generate(self, prompt_token_ids: list[list[int]], sampling: Sampling) -> list[list[Sample]]:
         from transformers import LogitsProcessorList
 
-        torch.manual_seed(sampling.seed)
         out: list[list[Sample]] = []
         tok = self.context.tokenizer
         extra: dict[str, Any] = {}

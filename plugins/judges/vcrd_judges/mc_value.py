@@ -15,7 +15,7 @@ and the ratio ``r_s / r_t`` never divides by 0. ``r`` estimates ``P(correct | c,
 a value, not step correctness (a correct step the completer cannot finish scores low, a wrong step it
 recovers from scores high; Qwen's "Lessons of developing PRMs", 2501.07301).
 
-Cost control, none of which changes a value (only the work):
+Cost control (it changes the work, not what a value estimates):
 
 * identical prefixes are scored once per call (both proposals of a point where they are the same token, the
   same prefix in two rollouts of one prompt);
@@ -27,7 +27,10 @@ Cost control, none of which changes a value (only the work):
   (the first later token whose text holds the separator, an EOS, or the response's last token). A proposal
   that differs from the rollout token is a fork with no step end in the rollout, so it is scored at ``c + a``.
 
-The sampling seed is ``seed`` for every call, so the same prefixes in the same call give the same values.
+The sampling seed is ``seed`` for every call, so the same prefixes in the same call give the same values. With a
+batch-invariant generator (``arithmetic_solver``) deduplication and EOS grading leave every value bit-identical;
+with ``hf`` / ``vllm`` a prefix's samples depend on its place in the call, so they change which samples are drawn,
+not their distribution. The ``hf`` generator restores the caller's random state after each call.
 :attr:`MonteCarloValueJudge.stats` counts the work done (for benchmarks and tests).
 """
 
@@ -173,8 +176,10 @@ class MonteCarloValueJudge(vcrd_core.Judge):
                 extra={"seed": self.params.seed},
             )
         )
+        # every id that ends a rollout: the tokenizer's EOS and the completer's generation_config's (the generator's
+        # set), so a rollout that ended on either is graded as it is, not continued
         eos = getattr(tokenizer, "eos_token_id", None)
-        self.eos_ids = {int(eos)} if eos is not None else set(getattr(self.generator, "eos_ids", ()))
+        self.eos_ids = ({int(eos)} if eos is not None else set()) | set(getattr(self.generator, "eos_ids", ()))
         if not self.eos_ids:
             raise VcrdError("judge 'mc_value': the policy tokenizer has no EOS token (needed to end responses)")
         self._loaded = True
@@ -204,6 +209,12 @@ class MonteCarloValueJudge(vcrd_core.Judge):
         unique: dict[Any, int] = {}
         order: list[tuple[list[int], list[int], Any]] = []
         for i, (prompt, prefix, item) in enumerate(requests):
+            if getattr(item, "reference", None) is None:
+                raise VcrdError(
+                    "judge 'mc_value': an example has no reference to grade its continuations against (the rollout "
+                    "store's examples were saved without one?); set data.answer_field (or data.tests_field) and "
+                    "make the rollouts again"
+                )
             key = (tuple(prompt), tuple(prefix), repr(item.reference)) if self.params.deduplicate else i
             if key not in unique:
                 unique[key] = len(order)

@@ -18,6 +18,7 @@ from vcrd_core.judging.calibration import (
     calibration_summary,
     expected_calibration_error,
     fit_temperature,
+    fit_temperature_to_logits,
     plot_reliability,
 )
 
@@ -314,3 +315,28 @@ def test_bad_temperature_and_eps() -> None:
         fit_temperature([0.5], [1.0], eps=0.7)
     with pytest.raises(VcrdError, match=r"predictions has 1 values outside \[0, 1\]"):
         apply_temperature([1.2], 1.0)
+
+
+def test_fitting_the_temperature_to_logits_minimises_the_soft_bce_and_agrees_with_the_probability_fit() -> None:
+    rng = np.random.default_rng(5)
+    z = rng.normal(0.0, 3.0, 400)
+    y = (rng.random(400) < 1 / (1 + np.exp(-z / 2.5))).astype(float)  # truly calibrated at T = 2.5
+    t = fit_temperature_to_logits(z, y)
+
+    def loss(temp: float) -> float:  # plain float64 soft BCE of sigmoid(z / T)
+        p = 1 / (1 + np.exp(-z / temp))
+        return float(np.mean(-(y * np.log(p) + (1 - y) * np.log(1 - p))))
+
+    grid = np.exp(np.linspace(np.log(0.5), np.log(10), 2001))
+    best = grid[int(np.argmin([loss(g) for g in grid]))]
+    assert t == pytest.approx(best, rel=2e-3)
+    assert loss(t) <= min(loss(t * 0.99), loss(t * 1.01))
+    # moderate logits survive the probability route's clipping: both fits agree
+    assert fit_temperature(1 / (1 + np.exp(-z)), y) == pytest.approx(t, rel=1e-6)
+    # logits beyond the clip (|z| > 13.8) are used as they are, not clipped
+    big = np.concatenate([z, [40.0, -40.0]])
+    assert fit_temperature_to_logits(big, np.concatenate([y, [1.0, 0.0]])) != fit_temperature(
+        1 / (1 + np.exp(-big)), np.concatenate([y, [1.0, 0.0]])
+    )
+    with pytest.raises(VcrdError, match="logits must be finite"):
+        fit_temperature_to_logits([0.0, float("inf")], [0.0, 1.0])

@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from vcrd_arithmetic.char_tokenizer import build_char_tokenizer
 from vcrd_arithmetic.grammar import is_complete, is_valid_prefix
 from vcrd_arithmetic.task import build_task
 
@@ -20,10 +22,11 @@ from tests.conftest import run_vcrd
 from tests.core.training.helpers import save_model
 from vcrd_core import create
 from vcrd_core.config.loader import load_config
+from vcrd_core.judging.calibration import fit_temperature_to_logits
 from vcrd_core.judging.judge import JudgeContext
 from vcrd_core.prm.calibrate import judge_predictions, labelled_batches
 from vcrd_core.prm.labels import read_labels
-from vcrd_core.prm.train import ValueHeadPrm, render_prompt
+from vcrd_core.prm.train import ValueHeadPrm, predict, render_prompt, sequences_of
 from vcrd_core.rollouts.run import generate_rollouts
 from vcrd_core.rollouts.store import RolloutStore
 from vcrd_core.runs.preflight import load_tokenizer
@@ -120,6 +123,20 @@ def test_an_interrupted_labelling_resumes_without_gaps_or_duplicates(pipeline: d
     assert "Traceback" not in other.stderr
 
 
+def _saved_prm(prm_dir: Path) -> ValueHeadPrm:
+    """The saved body and head, loaded by hand (not through the judge)."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModel
+
+    state = load_file(str(prm_dir / "model.safetensors"))
+    body = AutoModel.from_config(AutoConfig.from_pretrained(prm_dir))
+    body.load_state_dict({k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")})
+    own = ValueHeadPrm(body.eval(), body.config.hidden_size)
+    own.v_head.summary.weight.data = state["v_head.summary.weight"]
+    own.v_head.summary.bias.data = state["v_head.summary.bias"]
+    return own
+
+
 def test_the_trained_prm_loads_through_prm_value_head_and_tree_scoring_equals_its_own_values(
     pipeline: dict[str, Any],
 ) -> None:
@@ -130,15 +147,7 @@ def test_the_trained_prm_loads_through_prm_value_head_and_tree_scoring_equals_it
     judge.load(JudgeContext(tokenizer=tok, vocab_size=len(tok)))
 
     # its own values: the saved body and head, one plain forward per prefix
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModel
-
-    state = load_file(str(prm_dir / "model.safetensors"))
-    body = AutoModel.from_config(AutoConfig.from_pretrained(prm_dir))
-    body.load_state_dict({k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")})
-    own = ValueHeadPrm(body.eval(), body.config.hidden_size)
-    own.v_head.summary.weight.data = state["v_head.summary.weight"]
-    own.v_head.summary.bias.data = state["v_head.summary.bias"]
+    own = _saved_prm(prm_dir)
 
     table = read_labels(root / "labels", "test")
     batches = labelled_batches(table, 0, 8)[:3]
@@ -207,6 +216,47 @@ def test_the_learned_prm_beats_the_constant_predictor_and_the_report_matches_num
 
 def test_training_records_its_numbers_and_the_temperature_is_folded_into_the_head(pipeline: dict[str, Any]) -> None:
     info = pipeline["info"]
+    root = pipeline["root"]
     assert info["train_points"] > 1000 and info["validation_points"] > 100
-    assert info["temperature"] > 0 and info["validation_brier_scaled"] <= info["validation_brier"] + 1e-12
-    assert info["prompt_template"] == "{problem}"
+    assert info["temperature"] > 0 and info["prompt_template"] == "{problem}"
+    # the saved head, reloaded, on the validation split: its Brier score is the recorded scaled one, and a
+    # temperature fitted again to its logits is 1 (the fitted T is inside the saved head)
+    own = _saved_prm(root / "prm")
+    tok = load_tokenizer(str(root / "teacher"), "x")
+    seqs = sequences_of(read_labels(root / "labels", "validation"), tok, "{problem}")
+    with torch.no_grad():
+        logits, targets = predict(own, seqs, int(tok.pad_token_id), 16)
+    assert len(targets) == info["validation_points"]
+    probs = 1 / (1 + np.exp(-np.array(logits, dtype=np.float64)))
+    assert float(np.mean((probs - np.array(targets)) ** 2)) == pytest.approx(info["validation_brier_scaled"], abs=1e-6)
+    assert fit_temperature_to_logits(logits, targets) == pytest.approx(1.0, rel=1e-3)
+    assert info["temperature"] != pytest.approx(1.0, abs=1e-3)  # so the check above could fail
+
+
+def test_bad_training_and_report_arguments_are_one_line_before_any_work(pipeline: dict[str, Any]) -> None:
+    root = pipeline["root"]
+    small = save_model(root / "small-vocab", 16, seed=2, vocab=12)  # embeds fewer ids than the labels hold
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = root / "gpt2"
+    GPT2LMHeadModel(GPT2Config(vocab_size=17, n_embd=16, n_layer=1, n_head=2, n_positions=64)).save_pretrained(gpt2)
+    build_char_tokenizer().save_pretrained(gpt2)
+    template = ["--prompt-template", "{problem}"]
+    cases = [
+        (["--base", str(small), *template], "embeds 12 token ids but the labelled responses hold id"),
+        (["--base", str(gpt2), *template], "its body is 'transformer'"),
+        (["--base", str(small), "--batch-size", "0"], "--batch-size: expected an integer >= 1, got 0"),
+        (["--base", str(root / "teacher")], "the tokenizer cannot encode the rendered prompt"),  # '\n': not a char
+    ]
+    for i, (extra, message) in enumerate(cases):
+        out = root / f"bad-{i}"
+        result = run_vcrd("prm", "train", "--labels", str(root / "labels"), "--out", str(out), *extra)
+        assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+        assert "Traceback" not in result.stderr
+        assert not (out / "model.safetensors").exists()
+    bins = run_vcrd(
+        "prm", "calibrate", str(root / "run.yaml"), "--labels", str(root / "labels"), "--out", str(root / "c0"),
+        "--judge", "oracle=oracle", "--bins", "0",
+    )  # fmt: skip
+    assert bins.returncode == 2 and "--bins: expected an integer >= 1, got 0" in bins.stderr
+    assert not (root / "c0").exists()

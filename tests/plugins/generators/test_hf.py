@@ -70,6 +70,19 @@ def test_sampling_is_seeded_and_gives_n(loaded) -> None:
             assert 1 <= len(s.token_ids) <= 10 and s.finish_reason in ("stop", "length")
 
 
+def test_generating_leaves_the_callers_random_state_as_it_was(loaded) -> None:
+    """A judge or on-policy rollout generating inside a training step must not reset the run's RNG (dropout,
+    shuffling, online proposals would replay the same stream every step)."""
+    gen, _, ids = loaded
+    torch.manual_seed(1234)
+    torch.rand(3)
+    state = torch.random.get_rng_state()
+    expected = torch.rand(5)
+    torch.random.set_rng_state(state)
+    gen.generate(ids, Sampling(max_new_tokens=6, n=2, seed=7))
+    assert torch.equal(torch.rand(5), expected)
+
+
 def test_stop_strings(loaded) -> None:
     gen, tok, ids = loaded
     free = gen.generate(ids, Sampling(max_new_tokens=20, n=4, seed=3))

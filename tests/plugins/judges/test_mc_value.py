@@ -19,11 +19,17 @@ from tests.rollout_helpers import ascii_tokenizer, save_tiny_model
 from vcrd_core import create
 from vcrd_core.data.examples import Example
 from vcrd_core.decision_points import DecisionPoints, Stream
+from vcrd_core.errors import VcrdError
+from vcrd_core.evaluation.evaluator import EvalItem
 from vcrd_core.judging.judge import JudgeContext, JudgeRequest
 from vcrd_core.rollouts.generator import Sampling
 
 K = 6
 EXACT = {"name": "exact", "params": {"extract": "vcrd_arithmetic.grammar:final_answer"}}
+
+
+def _item(reference: str) -> EvalItem:
+    return EvalItem("train", 0, "2*3+4=", reference, {})
 
 
 class _Spec:
@@ -163,6 +169,24 @@ def test_deduplication_and_eos_grading_change_no_value_only_the_work(teacher_dir
     assert fast.stats["generated"] == distinct - 2
     assert fast.stats["continuations"] == K * (distinct - 2)
     assert slow.stats["continuations"] > 2 * fast.stats["continuations"]
+
+
+def test_an_example_without_a_reference_is_one_line_not_a_silent_failure_label(teacher_dir: Path) -> None:
+    judge = judge_for(teacher_dir)
+    req = request(["6+4=10"], ["2*3+4="])
+    req.examples = [Example("0", "2*3+4=", None)]
+    with pytest.raises(VcrdError, match=r"^judge 'mc_value': an example has no reference .*data\.answer_field"):
+        judge.score(req)
+    assert judge.stats["continuations"] == 0
+
+
+def test_a_rollout_ending_on_the_completers_other_eos_id_is_graded_as_it_is(teacher_dir: Path) -> None:
+    judge = judge_for(teacher_dir)
+    other = BOS  # a special id standing for a second EOS id (Qwen's <|endoftext|> beside <|im_end|>)
+    judge.eos_ids = judge.eos_ids | {other}
+    # "6+4=10" then the other EOS id: graded as the finished "6+4=10" (correct), with no generation
+    (s,) = judge.successes([([BOS, *encode("2*3+4=")], [*encode("6+4=10"), other], _item("10"))])
+    assert s == K and judge.stats["eos_graded"] == 1 and judge.stats["continuations"] == 0
 
 
 def test_step_boundaries_give_every_token_of_a_step_the_value_of_its_end(teacher_dir: Path) -> None:
