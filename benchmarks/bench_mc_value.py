@@ -21,6 +21,7 @@ import importlib.util
 import json
 import os
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -94,10 +95,13 @@ def bench_judge(args: argparse.Namespace, root: Path) -> list[dict]:
         variants = [("dedup", {}), ("no dedup", {"deduplicate": False}), ("dedup + steps '='", {"step_separator": "="})]
         for label, extra in variants:  # one loaded completer: only the judge's own switches change
             judge.params = base.model_copy(update=extra)
-            judge.reset_stats()
-            start = time.perf_counter()
-            judge.score(req)
-            seconds = time.perf_counter() - start
+            times = []
+            for _ in range(args.repeats):  # the median of --repeats timed calls on the same request
+                judge.reset_stats()
+                start = time.perf_counter()
+                judge.score(req)
+                times.append(time.perf_counter() - start)
+            seconds = statistics.median(times)
             s = judge.stats
             rows.append(
                 {
@@ -177,13 +181,15 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=24)
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--prm-prompts", type=int, default=400)
+    ap.add_argument("--repeats", type=int, default=3, help="timed calls per variant (the median is reported)")
     args = ap.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     with tempfile.TemporaryDirectory() as tmp:
         judge_rows = bench_judge(args, Path(tmp) / "judge")
         prm_rows = bench_prm_train(args, Path(tmp) / "prm")
     print(f"mc_value, K={args.samples}, budget {args.new_tokens} new tokens, {args.rollouts} rollouts, "
-          f"{args.mismatch:.0%} proposals differ, completer hidden {args.hidden}")  # fmt: skip
+          f"{args.mismatch:.0%} proposals differ, completer hidden {args.hidden}, "
+          f"median of {args.repeats}")  # fmt: skip
     head = ("generator", "variant", "points", "prefixes", "unique", "saved", "EOS-graded", "continuations", "s",
             "cont/s", "points/s")  # fmt: skip
     print("| " + " | ".join(head) + " |")
