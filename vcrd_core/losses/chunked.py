@@ -71,9 +71,44 @@ def _check_inputs(
     return vocab, m
 
 
+class TeacherRows:
+    """Where a chunk's teacher log-probabilities come from, and how the student's are laid out beside them.
+
+    The dense teacher (:class:`DenseTeacher`, the teacher's logits) gives ``log softmax`` over the real vocabulary
+    for both; a sparse teacher (:class:`vcrd_core.losses.sparse.SparseTeacherRows`, a top-k cache) gives both
+    models' distributions coarsened to the teacher's top-k ids and one tail bucket. The divergence plugin sees
+    only the two ``[chunk, C]`` float32 log-probability tensors either way.
+    """
+
+    def pair(
+        self, start: int, rows: torch.Tensor, student_chunk: torch.Tensor, temperature: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(teacher_logp, student_logp)`` of the chunk whose decision points are ``rows`` (flat indices; the
+        chunk starts at position ``start`` of the call's rows); ``student_chunk``: the student's float32 logits
+        at those rows, ``[c, V]`` (differentiable; ``student_logp`` must stay so)."""
+        raise NotImplementedError
+
+
+class DenseTeacher(TeacherRows):
+    """The teacher's logits ``[..., Vt]``: both distributions are ``log softmax(logits / τ)`` over ``[:vocab]``."""
+
+    def __init__(self, teacher_logits: torch.Tensor, vocab: int) -> None:
+        self.rows = FlatRows(teacher_logits.detach(), vocab)
+
+    def pair(
+        self, start: int, rows: torch.Tensor, student_chunk: torch.Tensor, temperature: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        teacher_chunk = self.rows.take(rows).float()
+        if temperature != 1.0:  # skipped at τ = 1: saves a [chunk, V] copy per tensor
+            teacher_chunk, student_chunk = teacher_chunk / temperature, student_chunk / temperature
+        return torch.log_softmax(teacher_chunk, dim=-1), torch.log_softmax(student_chunk, dim=-1)
+
+
 def _chunk_values(
     divergence: DivergenceValue,
-    teacher_chunk: torch.Tensor,
+    teacher: TeacherRows,
+    start: int,
+    rows: torch.Tensor,
     student_chunk: torch.Tensor,
     temperature: float,
     row_params: Mapping[str, torch.Tensor] | None = None,
@@ -81,12 +116,7 @@ def _chunk_values(
     """``D`` for one chunk, in float32 (the graph, if any, reaches ``student_chunk``); ``row_params``: the chunk's
     rows of the divergence's per-point parameters."""
     n = student_chunk.shape[0]
-    teacher_chunk, student_chunk = teacher_chunk.float(), student_chunk.float()
-    if temperature != 1.0:  # skipped at τ = 1: saves a [chunk, V] copy per tensor
-        teacher_chunk, student_chunk = teacher_chunk / temperature, student_chunk / temperature
-    teacher_logp = torch.log_softmax(teacher_chunk, dim=-1)
-    student_logp = torch.log_softmax(student_chunk, dim=-1)
-    del teacher_chunk, student_chunk
+    teacher_logp, student_logp = teacher.pair(start, rows, student_chunk.float(), temperature)
     values = divergence.value(teacher_logp, student_logp, **(row_params or {}))
     if not isinstance(values, torch.Tensor) or values.shape != (n,):
         got = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
@@ -104,7 +134,7 @@ class _ChunkedDivergenceFunction(torch.autograd.Function):
     def forward(  # type: ignore[override]
         ctx: Any,
         student_logits: torch.Tensor,
-        teacher_logits: torch.Tensor,
+        teacher: TeacherRows,
         divergence: DivergenceValue,
         rows: torch.Tensor,
         all_rows: bool,
@@ -118,13 +148,13 @@ class _ChunkedDivergenceFunction(torch.autograd.Function):
         # Contiguous so that its flat [M, Vs] view always exists; zeros at unselected rows and padded columns.
         grad = torch.zeros(student_logits.shape, dtype=student_logits.dtype, device=student_logits.device)
         grad_rows = grad.view(-1, grad.shape[-1])[:, :vocab]
-        teacher, student = FlatRows(teacher_logits, vocab), FlatRows(student_logits, vocab)
+        student = FlatRows(student_logits, vocab)
         for start in range(0, n, chunk):
             r = rows[start : start + chunk]
             with torch.enable_grad():
                 s = student.take(r).detach().float().requires_grad_(True)
                 params = {k: v[start : start + chunk] for k, v in row_params.items()}
-                values = _chunk_values(divergence, teacher.take(r).detach(), s, temperature, params)
+                values = _chunk_values(divergence, teacher, start, r, s, temperature, params)
                 if values.requires_grad:
                     (g,) = torch.autograd.grad(values.sum(), s, allow_unused=True)
                 else:  # a divergence constant in the student
@@ -202,27 +232,54 @@ def chunked_divergence(
     ``rows`` is checked (range, uniqueness) on the host: one device synchronisation per call.
     """
     vocab, m = _check_inputs(teacher_logits, student_logits, rows, vocab_size, temperature, chunk_size)
+    return divergence_over_rows(
+        divergence,
+        DenseTeacher(teacher_logits, vocab),
+        student_logits,
+        rows=rows,
+        num_rows=m,
+        vocab=vocab,
+        temperature=temperature,
+        chunk_size=chunk_size,
+        row_params=row_params,
+    )
+
+
+def divergence_over_rows(
+    divergence: DivergenceValue,
+    teacher: TeacherRows,
+    student_logits: torch.Tensor,
+    *,
+    rows: torch.Tensor | None,
+    num_rows: int,
+    vocab: int,
+    temperature: float,
+    chunk_size: int | None,
+    row_params: Mapping[str, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """The chunked computation behind :func:`chunked_divergence` for any :class:`TeacherRows` (inputs already
+    checked): values, and the student logits' gradient made in the forward pass."""
     chunk = chunk_size if chunk_size is not None else default_chunk_size(vocab)
     all_rows = rows is None
-    rows = torch.arange(m, device=student_logits.device) if rows is None else rows.to(student_logits.device).long()
-    teacher_logits = teacher_logits.detach()
+    device = student_logits.device
+    rows = torch.arange(num_rows, device=device) if rows is None else rows.to(device).long()
     temperature = float(temperature)
-    params = _checked_row_params(row_params, rows.numel(), student_logits.device)
+    params = _checked_row_params(row_params, rows.numel(), device)
 
     if not (student_logits.requires_grad and torch.is_grad_enabled()):
-        out = torch.empty(rows.numel(), dtype=torch.float32, device=student_logits.device)
-        teacher, student = FlatRows(teacher_logits, vocab), FlatRows(student_logits.detach(), vocab)
+        out = torch.empty(rows.numel(), dtype=torch.float32, device=device)
+        student = FlatRows(student_logits.detach(), vocab)
         with torch.no_grad():
             for start in range(0, rows.numel(), chunk):
                 r = rows[start : start + chunk]
                 sliced = {k: v[start : start + chunk] for k, v in params.items()}
                 out[start : start + chunk] = _chunk_values(
-                    divergence, teacher.take(r), student.take(r), temperature, sliced
+                    divergence, teacher, start, r, student.take(r), temperature, sliced
                 )
         return out
 
     return _ChunkedDivergenceFunction.apply(
-        student_logits, teacher_logits, divergence, rows, all_rows, vocab, temperature, chunk, params
+        student_logits, teacher, divergence, rows, all_rows, vocab, temperature, chunk, params
     )
 
 
