@@ -26,7 +26,9 @@ from vcrd_core.commands import load_handler
 from vcrd_core.errors import VcrdError, VcrdWarning
 
 #: Subcommand modules in ``vcrd --help`` order.
-COMMANDS: tuple[str, ...] = ("plugins", "config", "rollouts", "score", "train", "eval", "analyze", "grid", "prm")
+COMMANDS: tuple[str, ...] = (
+    "plugins", "config", "rollouts", "score", "teacher-cache", "train", "eval", "analyze", "grid", "prm"
+)  # fmt: skip
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
@@ -39,7 +41,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     first = next((a for a in (argv or []) if not a.startswith("-")), None)
     for name in (first,) if first in COMMANDS else COMMANDS:
-        importlib.import_module(f"vcrd_core.commands.{name}").add_parser(sub)
+        importlib.import_module(f"vcrd_core.commands.{name.replace('-', '_')}").add_parser(sub)
     return parser
 
 

@@ -128,6 +128,6 @@ def test_every_command_runs_a_handler_that_exists() -> None:
         return found
 
     names = handlers(build_parser())
-    assert len(names) == 13  # plugins, config x4, rollouts, score, train, sft, eval, analyze, grid, prm
+    assert len(names) == 14  # plugins, config x4, rollouts, score, teacher-cache, train, sft, eval, analyze, grid, prm
     for name in names:
         assert isinstance(name, str) and callable(load_handler(name)), name

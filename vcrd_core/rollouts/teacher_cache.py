@@ -1,0 +1,257 @@
+"""``vcrd teacher-cache``: the frozen teacher's top-k distribution at every decision point of a rollout store.
+
+With static rollouts both streams' sequences are fixed and the teacher is frozen, so its distribution at each
+decision point is the same in every step and every epoch. One pass of the teacher over the store's teacher
+rollouts (the teacher-prefix stream) and student rollouts (the student-prefix stream) keeps, per response token
+``t`` (the decision point whose distribution is the teacher's logits row ``t - 1``), its ``k`` most likely ids
+over the tokenizer's real vocabulary, their log-probabilities at the objective's temperature and the log of the
+remaining mass (:func:`vcrd_core.losses.sparse.topk_teacher`; the tail treatment is stated there).
+
+Layout: ``DIR/teacher-cache.json`` (what the cache depends on: the store's identity, the teacher's fingerprint
+and dtype, ``k``, the temperature and the vocabulary; a directory made with anything else is refused) and one
+Parquet part per store chunk and role, ``DIR/data/<role>-<chunk>.parquet``, written atomically: an interrupted
+run resumes with the missing parts only. One row per rollout: ``prompt_index``, ``sample_index``, ``points``
+(its number of decision points ``n``) and three little-endian byte strings: ``ids`` int32 ``[n, k]``, ``logp``
+float16 ``[n, k]`` and ``tail`` float32 ``[n]`` — ``6k + 4`` bytes per decision point (388 at k = 64, 1,540 at
+k = 256), before Parquet's compression.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from rich.console import Console
+
+from vcrd_core.config.models import RunConfig
+from vcrd_core.errors import VcrdError
+from vcrd_core.losses.sparse import SparseTeacher, topk_teacher
+from vcrd_core.rollouts.run import store_dir
+from vcrd_core.rollouts.sequences import RolloutSequence, StreamBatch
+from vcrd_core.rollouts.store import RolloutStore, model_fingerprint
+from vcrd_core.runs.atomic import atomic_path, atomic_write_text
+from vcrd_core.runs.console import console as make_console
+from vcrd_core.runs.console import progress
+from vcrd_core.runs.models import load_causal_lm, pad_token_id
+from vcrd_core.runs.preflight import preflight
+
+CACHE_FILE = "teacher-cache.json"
+#: The stored dtypes (the identity records them, so a change of format is a different cache).
+FORMAT = {"ids": "int32", "logp": "float16", "tail": "float32"}
+SCHEMA = pa.schema(
+    [
+        ("prompt_index", pa.int64()),
+        ("sample_index", pa.int64()),
+        ("points", pa.int32()),
+        ("ids", pa.binary()),
+        ("logp", pa.binary()),
+        ("tail", pa.binary()),
+    ]
+)
+
+
+def default_dir(config: RunConfig) -> Path:
+    """Where the cache goes unless told: ``teacher-cache`` inside the run's rollout store."""
+    return store_dir(config) / "teacher-cache"
+
+
+def cache_identity(config: RunConfig, store: RolloutStore, *, k: int, temperature: float, vocab: int) -> dict:
+    """What the cached distributions depend on; a cache with another identity is refused, never mixed."""
+    teacher = config.models.teacher
+    return {
+        "store": store.manifest()["identity"],
+        "teacher": {"fingerprint": model_fingerprint(teacher.path), "dtype": teacher.dtype},
+        "k": min(int(k), int(vocab)),
+        "temperature": float(temperature),
+        "vocab_size": int(vocab),
+        "format": FORMAT,
+    }
+
+
+def encode_rows(sparse: SparseTeacher, counts: list[int]) -> list[dict[str, bytes | int]]:
+    """Split a batch's :class:`SparseTeacher` (points in order, ``counts[b]`` of them for sequence ``b``) into one
+    record per sequence of the stored byte strings."""
+    ids = sparse.ids.cpu().numpy().astype("<i4")
+    logp = sparse.logp.cpu().numpy().astype("<f2")
+    tail = sparse.tail.cpu().numpy().astype("<f4")
+    out, start = [], 0
+    for n in counts:
+        stop = start + n
+        out.append(
+            {"points": n, "ids": ids[start:stop].tobytes(), "logp": logp[start:stop].tobytes(),
+             "tail": tail[start:stop].tobytes()}
+        )  # fmt: skip
+        start = stop
+    return out
+
+
+def decode_row(row: dict[str, Any], k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One stored record as ``(ids [n, k] int64, logp [n, k] float32, tail [n] float32)`` arrays."""
+    n = int(row["points"])
+    ids = np.frombuffer(row["ids"], dtype="<i4").reshape(n, k).astype(np.int64)
+    logp = np.frombuffer(row["logp"], dtype="<f2").reshape(n, k).astype(np.float32)
+    tail = np.frombuffer(row["tail"], dtype="<f4").reshape(n).astype(np.float32)
+    return ids, logp, tail
+
+
+def _check_identity(root: Path, identity: dict[str, Any], overwrite: bool) -> None:
+    info_file = root / CACHE_FILE
+    if info_file.is_file():
+        previous = json.loads(info_file.read_text(encoding="utf-8")).get("identity")
+        if previous != json.loads(json.dumps(identity)):
+            if not overwrite:
+                raise VcrdError(
+                    f"teacher cache '{root}' was made with another teacher, store, k or temperature; choose "
+                    "another --out or pass --overwrite"
+                )
+            shutil.rmtree(root / "data", ignore_errors=True)
+    elif root.exists() and any(root.iterdir()):
+        raise VcrdError(f"--out '{root}' is not empty and holds no teacher cache; choose another directory")
+
+
+def build_teacher_cache(
+    config: RunConfig,
+    *,
+    k: int,
+    out: str | Path | None = None,
+    batch_size: int = 8,
+    overwrite: bool = False,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Make (or finish) the cache of the run's store (see the module docstring); returns its summary."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise VcrdError(f"--k must be an integer >= 1, got {k!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise VcrdError(f"--batch-size must be an integer >= 1, got {batch_size!r}")
+    console = console or make_console(stderr=True)
+    store = RolloutStore(store_dir(config))
+    store.check_complete()
+    found = preflight(config, output_dir=False)
+    vocab = int(found.vocab_size)
+    temperature = float(config.objective.temperature)
+    root = Path(out) if out is not None else default_dir(config)
+    identity = cache_identity(config, store, k=k, temperature=temperature, vocab=vocab)
+    _check_identity(root, identity, overwrite)
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(root / CACHE_FILE, json.dumps({"identity": identity, "complete": False}, indent=2) + "\n")
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    teacher = load_causal_lm(config.models.teacher, "models.teacher.path").to(device).eval()
+    pad_id = pad_token_id(found.tokenizer)
+    layout = store.layout()
+    start = time.perf_counter()
+    points = written = 0
+    for role in layout.roles:
+        with progress(console, "rollouts") as bar:
+            label = f"teacher top-{identity['k']} on {role} rollouts' prompts"
+            task = bar.add_task(label, total=layout.num_prompts, rate="")
+            for c in range(layout.num_chunks):
+                part = root / "data" / f"{role}-{c:06d}.parquet"
+                if part.is_file():
+                    bar.update(task, advance=len(layout.span(c)))
+                    continue
+                rows = store.read_chunk(role, c).to_pylist()
+                records = []
+                for b in range(0, len(rows), batch_size):
+                    batch_rows = rows[b : b + batch_size]
+                    seqs = [RolloutSequence(r["prompt_token_ids"], r["response_token_ids"]) for r in batch_rows]
+                    batch = StreamBatch.of(seqs, pad_id).to(device)
+                    with torch.no_grad():
+                        logits = teacher(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+                    sparse = topk_teacher(logits, batch.points.rows, k, vocab_size=vocab, temperature=temperature)
+                    counts = batch.points.counts.tolist()
+                    for r, record in zip(batch_rows, encode_rows(sparse, counts), strict=True):
+                        records.append({"prompt_index": r["prompt_index"], "sample_index": r["sample_index"], **record})
+                    points += sum(counts)
+                part.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_path(part) as tmp:
+                    pq.write_table(pa.Table.from_pylist(records, schema=SCHEMA), tmp)
+                written += 1
+                bar.update(task, advance=len(layout.span(c)))
+    size = sum(p.stat().st_size for p in (root / "data").glob("*.parquet"))
+    counts = [pq.read_table(p, columns=["points"])["points"].to_pylist() for p in (root / "data").glob("*.parquet")]
+    total = sum(len(c) for c in counts)
+    summary = {
+        "identity": identity,
+        "complete": True,
+        "dir": str(root),
+        "rollouts": total,
+        "parts_written": written,
+        "points_written": points,
+        "points": sum(sum(c) for c in counts),
+        "bytes": size,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    atomic_write_text(root / CACHE_FILE, json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+@dataclass
+class TeacherCache:
+    """A complete cache, read back: per ``(role, prompt_index, sample_index)`` the arrays of :func:`decode_row`."""
+
+    root: Path
+    identity: dict[str, Any]
+    rows: dict[tuple[str, int, int], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+    @property
+    def k(self) -> int:
+        return int(self.identity["k"])
+
+    @classmethod
+    def open(cls, root: str | Path, roles: tuple[str, ...] = ("teacher", "student")) -> TeacherCache:
+        root = Path(root)
+        info_file = root / CACHE_FILE
+        if not info_file.is_file():
+            raise VcrdError(
+                f"'{root}' holds no teacher cache ({CACHE_FILE} missing); make it with `vcrd teacher-cache`"
+            )
+        info = json.loads(info_file.read_text(encoding="utf-8"))
+        if not info.get("complete"):
+            raise VcrdError(f"teacher cache '{root}' is incomplete; run `vcrd teacher-cache` again to finish it")
+        identity, k = info["identity"], int(info["identity"]["k"])
+        rows: dict[tuple[str, int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        for part in sorted((root / "data").glob("*.parquet")):
+            role = part.name.rsplit("-", 1)[0]
+            if role not in roles:
+                continue
+            for row in pq.read_table(part).to_pylist():
+                rows[(role, int(row["prompt_index"]), int(row["sample_index"]))] = decode_row(row, k)
+        return cls(root, identity, rows)
+
+    def check_matches(self, config: RunConfig, store: RolloutStore, vocab: int) -> None:
+        """Refuse (one line) a cache made for another store, teacher, temperature or vocabulary than the run's."""
+        wanted = cache_identity(config, store, k=self.k, temperature=config.objective.temperature, vocab=vocab)
+        for key in ("store", "teacher", "temperature", "vocab_size", "format"):
+            if json.loads(json.dumps(wanted[key])) != self.identity.get(key):
+                raise VcrdError(
+                    f"teacher cache '{self.root}' was made with another {key.replace('_', ' ')} than this run's; "
+                    "make it again with `vcrd teacher-cache CONFIG --overwrite`"
+                )
+
+    def sparse(self, role: str, prompt_index: int, sample_index: int, points: int) -> SparseTeacher:
+        """The first ``points`` decision points of one rollout (a response cut at ``data.max_length`` keeps its
+        first ones) as a :class:`SparseTeacher`."""
+        key = (role, int(prompt_index), int(sample_index))
+        if key not in self.rows:
+            raise VcrdError(f"teacher cache '{self.root}' has no {role} rollout {prompt_index}/{sample_index}")
+        ids, logp, tail = self.rows[key]
+        if points > len(tail):
+            raise VcrdError(
+                f"teacher cache '{self.root}': {role} rollout {prompt_index}/{sample_index} has {len(tail)} cached "
+                f"decision points, the batch asks for {points}"
+            )
+        return SparseTeacher(
+            torch.from_numpy(ids[:points].copy()),
+            torch.from_numpy(logp[:points].copy()),
+            torch.from_numpy(tail[:points].copy()),
+            float(self.identity["temperature"]),
+        )
