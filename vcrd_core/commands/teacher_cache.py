@@ -22,4 +22,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--k", type=positive_int, default=64, help="ids kept per decision point (default 64)")
     p.add_argument("--out", default=None, metavar="DIR", help="cache directory (default: STORE/teacher-cache)")
     p.add_argument("--batch-size", type=positive_int, default=8, help="rollouts per teacher forward (default 8)")
+    p.add_argument(
+        "--logp-dtype",
+        default="float16",
+        choices=("float16", "float32"),
+        help="stored log-probabilities (default float16)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace a cache made with another setup")

@@ -16,6 +16,7 @@ def run(args: argparse.Namespace) -> int:
         k=args.k,
         out=args.out,
         batch_size=args.batch_size,
+        logp_dtype=args.logp_dtype,
         overwrite=args.overwrite,
         console=console(stderr=True),
     )

@@ -257,6 +257,13 @@ class TrainingConfig(Section):
     max_nonfinite_steps: int = Field(
         5, gt=0, description="Stop the run after this many consecutive steps skipped for a non-finite loss or gradient."
     )
+    teacher_cache: str | None = Field(
+        None,
+        description="A `vcrd teacher-cache` directory: the teacher's top-k distribution at every decision point of the "
+        "(static) rollout store, read instead of a teacher forward; no teacher is loaded. Needs static rollouts, "
+        "offline weights (or rules that read no scores) and the logits engine; the tail of the teacher's "
+        "distribution is one extra category (README, 'Teacher-free steps').",
+    )
     loss_engine: Literal["auto", "fused_linear", "logits"] = Field(
         "auto",
         description="fused_linear: the loss from the models' final hidden states and lm_heads, never a [tokens, V] "

@@ -31,6 +31,7 @@ from vcrd_core.losses.chunked import chunked_divergence, token_logprobs
 from vcrd_core.losses.divergence import Divergence, SequenceStats
 from vcrd_core.losses.fused_linear import RowChunk, RowExtras, fused_linear_divergence
 from vcrd_core.losses.reduction import Reduction, row_coefficients
+from vcrd_core.losses.sparse import SparseTeacher, sparse_divergence
 from vcrd_core.losses.weighting import check_weight_counts, invalid_weight_counts
 from vcrd_core.plugins.registry import create
 from vcrd_core.regimes import DEFAULT_PARITY_TOL, REGIMES, check_parity_tol, regime_masks
@@ -80,9 +81,12 @@ class StreamInputs:
     ``weights`` ``[B, L]`` holds ``w_t`` at the same positions, or None for ``w = 1``. ``input_ids`` ``[B, L]``:
     the stream's tokens, needed only by a divergence with per-sequence parameters
     (:attr:`vcrd_core.Divergence.uses_sequence_stats`: it reads the log-probability of each rollout token).
+    ``teacher_logits`` may instead be a :class:`~vcrd_core.losses.sparse.SparseTeacher` (the teacher's top-k at
+    each decision point, in the points' order, from the teacher cache): the divergence is then computed on both
+    distributions coarsened to the top-k ids and a tail bucket (:mod:`vcrd_core.losses.sparse`).
     """
 
-    teacher_logits: torch.Tensor
+    teacher_logits: torch.Tensor | SparseTeacher
     student_logits: torch.Tensor
     points: DecisionPoints | None = None
     weights: torch.Tensor | None = None
@@ -472,6 +476,23 @@ class VCRDObjective:
             return StreamOutput(out.loss, count, num_points, loss.lam, stats)
 
         assert isinstance(inputs, StreamInputs)
+        if isinstance(inputs.teacher_logits, SparseTeacher):
+            if loss.divergence.uses_sequence_stats:
+                raise VcrdError(
+                    f"{where}: the divergence '{loss.divergence.name}' reads the teacher's log-probability of every "
+                    "rollout token, which a top-k teacher cache does not hold; train with the teacher's logits"
+                )
+            values = sparse_divergence(
+                loss.divergence,
+                inputs.teacher_logits,
+                student,
+                rows=points.rows,
+                vocab_size=self.vocab_size or int(student.shape[-1]),
+                temperature=self.temperature,
+                chunk_size=self.chunk_size,
+            )
+            coefficients, count = row_coefficients(weights, points.batch, self.reduction)
+            return StreamOutput((coefficients * values.to(torch.float32)).sum(), count, num_points, loss.lam, stats)
         params = (
             self._row_parameters(where, loss.divergence, inputs, points) if loss.divergence.uses_sequence_stats else {}
         )
@@ -551,7 +572,10 @@ class VCRDObjective:
     def _check_shapes(self, name: str, inputs: StreamInputs) -> None:
         teacher, student, points = inputs.teacher_logits, inputs.student_logits, inputs.decision_points
         where = f"VCRDObjective ({name} stream)"
-        for label, logits in (("teacher_logits", teacher), ("student_logits", student)):
+        sparse = isinstance(teacher, SparseTeacher)
+        for label, logits in (("student_logits", student),) if sparse else (
+            ("teacher_logits", teacher), ("student_logits", student)
+        ):  # fmt: skip
             if logits.dim() != 3:
                 raise VcrdError(f"{where}: {label} must be [B, L, V], got shape {tuple(logits.shape)}")
             points.check_shape(logits, label, where)
@@ -559,6 +583,8 @@ class VCRDObjective:
             if inputs.weights.dim() != 2:
                 raise VcrdError(f"{where}: weights must be [B, L] or None, got shape {tuple(inputs.weights.shape)}")
             points.check_shape(inputs.weights, "weights", where)
+        if sparse:  # the sparse teacher's own checks (rows, ids, temperature) are sparse_divergence's
+            return
         v_t, v_s = teacher.shape[-1], student.shape[-1]
         if self.vocab_size is None and v_t != v_s:
             raise VcrdError(

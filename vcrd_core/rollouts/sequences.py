@@ -12,17 +12,21 @@ import torch
 
 from vcrd_core.data.examples import Example
 from vcrd_core.decision_points import DecisionPoints
+from vcrd_core.errors import VcrdError
+from vcrd_core.losses.sparse import SparseTeacher
 
 
 @dataclass
 class RolloutSequence:
-    """One rollout: its prompt and response token ids, (offline) one weight per response token, and the example
-    (prompt text, reference, ...) it was generated for."""
+    """One rollout: its prompt and response token ids, (offline) one weight per response token, the example
+    (prompt text, reference, ...) it was generated for and (``training.teacher_cache``) the teacher's top-k
+    distribution at its decision points, one row per response token."""
 
     prompt: list[int]
     response: list[int]
     weights: list[float] | None = None
     example: Example | None = None
+    teacher_topk: SparseTeacher | None = None
 
 
 @dataclass
@@ -31,7 +35,9 @@ class StreamBatch:
     the response tokens, EOS included), ``prompt_lengths`` ``[B]``, the :class:`~vcrd_core.DecisionPoints` of the
     batch, each sequence's :class:`~vcrd_core.data.examples.Example` (None where unknown), ``index`` ``[B]`` (the
     sequences' dataset indices, or ``0..B-1``) and, when every sequence carries them (offline scores, the static
-    cache), ``weights`` ``[B, L]`` at the response tokens (0 elsewhere)."""
+    cache), ``weights`` ``[B, L]`` at the response tokens (0 elsewhere) and ``teacher_topk``, the teacher's top-k at
+    the decision points in their order (a :class:`~vcrd_core.losses.sparse.SparseTeacher` read from the teacher
+    cache)."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
@@ -41,6 +47,7 @@ class StreamBatch:
     examples: list[Example | None]
     index: torch.Tensor
     weights: torch.Tensor | None = None
+    teacher_topk: SparseTeacher | None = None
 
     @classmethod
     def of(
@@ -60,15 +67,17 @@ class StreamBatch:
             response[b, p : p + r] = 1
             if weights is not None and r:
                 weights[b, p : p + r] = torch.tensor(s.weights, dtype=torch.float32)
+        points = DecisionPoints.from_masks(attention, response)
         return cls(
             input_ids=ids,
             attention_mask=attention,
             response_mask=response,
             prompt_lengths=torch.tensor([len(s.prompt) for s in seqs], dtype=torch.long),
-            points=DecisionPoints.from_masks(attention, response),
+            points=points,
             examples=[s.example for s in seqs],
             index=torch.tensor(list(range(n)) if index is None else list(index), dtype=torch.long),
             weights=weights,
+            teacher_topk=_joined_topk(seqs, points) if all(s.teacher_topk is not None for s in seqs) else None,
         )
 
     def __len__(self) -> int:
@@ -89,7 +98,26 @@ class StreamBatch:
             points=self.points.to(device),
             index=move(self.index),
             weights=move(self.weights),
+            teacher_topk=None if self.teacher_topk is None else self.teacher_topk.to(device),
         )
+
+
+def _joined_topk(seqs: Sequence[RolloutSequence], points: DecisionPoints) -> SparseTeacher:
+    """The sequences' cached top-k rows, each cut to its decision points in the batch, joined in the points'
+    order (sequence by sequence, position by position)."""
+    parts = []
+    for b, (seq, count) in enumerate(zip(seqs, points.counts.tolist(), strict=True)):
+        topk = seq.teacher_topk
+        assert topk is not None
+        if len(topk) < count:
+            raise VcrdError(f"sequence {b}: the teacher cache holds {len(topk)} decision points, the batch has {count}")
+        parts.append(topk)
+    return SparseTeacher(
+        torch.cat([t.ids[:c] for t, c in zip(parts, points.counts.tolist(), strict=True)]),
+        torch.cat([t.logp[:c] for t, c in zip(parts, points.counts.tolist(), strict=True)]),
+        torch.cat([t.tail[:c] for t, c in zip(parts, points.counts.tolist(), strict=True)]),
+        parts[0].temperature,
+    )
 
 
 class TrainBatch(Mapping[str, StreamBatch]):

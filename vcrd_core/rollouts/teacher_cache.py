@@ -13,7 +13,8 @@ Parquet part per store chunk and role, ``DIR/data/<role>-<chunk>.parquet``, writ
 run resumes with the missing parts only. One row per rollout: ``prompt_index``, ``sample_index``, ``points``
 (its number of decision points ``n``) and three little-endian byte strings: ``ids`` int32 ``[n, k]``, ``logp``
 float16 ``[n, k]`` and ``tail`` float32 ``[n]`` — ``6k + 4`` bytes per decision point (388 at k = 64, 1,540 at
-k = 256), before Parquet's compression.
+k = 256), before Parquet's compression; ``--logp-dtype float32`` stores exact float32 log-probabilities instead
+(``8k + 4`` bytes).
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ from vcrd_core.runs.models import load_causal_lm, pad_token_id
 from vcrd_core.runs.preflight import preflight
 
 CACHE_FILE = "teacher-cache.json"
-#: The stored dtypes (the identity records them, so a change of format is a different cache).
-FORMAT = {"ids": "int32", "logp": "float16", "tail": "float32"}
+#: The stored log-probabilities' dtypes (``--logp-dtype``; the identity records the format).
+LOGP_DTYPES = {"float16": "<f2", "float32": "<f4"}
 SCHEMA = pa.schema(
     [
         ("prompt_index", pa.int64()),
@@ -63,7 +64,9 @@ def default_dir(config: RunConfig) -> Path:
     return store_dir(config) / "teacher-cache"
 
 
-def cache_identity(config: RunConfig, store: RolloutStore, *, k: int, temperature: float, vocab: int) -> dict:
+def cache_identity(
+    config: RunConfig, store: RolloutStore, *, k: int, temperature: float, vocab: int, logp_dtype: str = "float16"
+) -> dict:
     """What the cached distributions depend on; a cache with another identity is refused, never mixed."""
     teacher = config.models.teacher
     return {
@@ -72,15 +75,15 @@ def cache_identity(config: RunConfig, store: RolloutStore, *, k: int, temperatur
         "k": min(int(k), int(vocab)),
         "temperature": float(temperature),
         "vocab_size": int(vocab),
-        "format": FORMAT,
+        "format": {"ids": "int32", "logp": logp_dtype, "tail": "float32"},
     }
 
 
-def encode_rows(sparse: SparseTeacher, counts: list[int]) -> list[dict[str, bytes | int]]:
+def encode_rows(sparse: SparseTeacher, counts: list[int], logp_dtype: str = "float16") -> list[dict[str, bytes | int]]:
     """Split a batch's :class:`SparseTeacher` (points in order, ``counts[b]`` of them for sequence ``b``) into one
     record per sequence of the stored byte strings."""
     ids = sparse.ids.cpu().numpy().astype("<i4")
-    logp = sparse.logp.cpu().numpy().astype("<f2")
+    logp = sparse.logp.cpu().numpy().astype(LOGP_DTYPES[logp_dtype])
     tail = sparse.tail.cpu().numpy().astype("<f4")
     out, start = [], 0
     for n in counts:
@@ -93,11 +96,11 @@ def encode_rows(sparse: SparseTeacher, counts: list[int]) -> list[dict[str, byte
     return out
 
 
-def decode_row(row: dict[str, Any], k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def decode_row(row: dict[str, Any], k: int, logp_dtype: str = "float16") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One stored record as ``(ids [n, k] int64, logp [n, k] float32, tail [n] float32)`` arrays."""
     n = int(row["points"])
     ids = np.frombuffer(row["ids"], dtype="<i4").reshape(n, k).astype(np.int64)
-    logp = np.frombuffer(row["logp"], dtype="<f2").reshape(n, k).astype(np.float32)
+    logp = np.frombuffer(row["logp"], dtype=LOGP_DTYPES[logp_dtype]).reshape(n, k).astype(np.float32)
     tail = np.frombuffer(row["tail"], dtype="<f4").reshape(n).astype(np.float32)
     return ids, logp, tail
 
@@ -123,10 +126,15 @@ def build_teacher_cache(
     k: int,
     out: str | Path | None = None,
     batch_size: int = 8,
+    logp_dtype: str = "float16",
     overwrite: bool = False,
     console: Console | None = None,
 ) -> dict[str, Any]:
-    """Make (or finish) the cache of the run's store (see the module docstring); returns its summary."""
+    """Make (or finish) the cache of the run's store (see the module docstring); returns its summary.
+    ``logp_dtype``: ``float16`` (the default: 2 bytes per id) or ``float32`` (exact: the cached run equals the
+    exact one to float32 rounding when ``k`` is the vocabulary)."""
+    if logp_dtype not in LOGP_DTYPES:
+        raise VcrdError(f"--logp-dtype {logp_dtype!r}: valid: {', '.join(LOGP_DTYPES)}")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise VcrdError(f"--k must be an integer >= 1, got {k!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -138,7 +146,7 @@ def build_teacher_cache(
     vocab = int(found.vocab_size)
     temperature = float(config.objective.temperature)
     root = Path(out) if out is not None else default_dir(config)
-    identity = cache_identity(config, store, k=k, temperature=temperature, vocab=vocab)
+    identity = cache_identity(config, store, k=k, temperature=temperature, vocab=vocab, logp_dtype=logp_dtype)
     _check_identity(root, identity, overwrite)
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(root / CACHE_FILE, json.dumps({"identity": identity, "complete": False}, indent=2) + "\n")
@@ -168,7 +176,7 @@ def build_teacher_cache(
                         logits = teacher(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
                     sparse = topk_teacher(logits, batch.points.rows, k, vocab_size=vocab, temperature=temperature)
                     counts = batch.points.counts.tolist()
-                    for r, record in zip(batch_rows, encode_rows(sparse, counts), strict=True):
+                    for r, record in zip(batch_rows, encode_rows(sparse, counts, logp_dtype), strict=True):
                         records.append({"prompt_index": r["prompt_index"], "sample_index": r["sample_index"], **record})
                     points += sum(counts)
                 part.parent.mkdir(parents=True, exist_ok=True)
@@ -218,19 +226,20 @@ class TeacherCache:
         if not info.get("complete"):
             raise VcrdError(f"teacher cache '{root}' is incomplete; run `vcrd teacher-cache` again to finish it")
         identity, k = info["identity"], int(info["identity"]["k"])
+        logp_dtype = identity["format"]["logp"]
         rows: dict[tuple[str, int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         for part in sorted((root / "data").glob("*.parquet")):
             role = part.name.rsplit("-", 1)[0]
             if role not in roles:
                 continue
             for row in pq.read_table(part).to_pylist():
-                rows[(role, int(row["prompt_index"]), int(row["sample_index"]))] = decode_row(row, k)
+                rows[(role, int(row["prompt_index"]), int(row["sample_index"]))] = decode_row(row, k, logp_dtype)
         return cls(root, identity, rows)
 
     def check_matches(self, config: RunConfig, store: RolloutStore, vocab: int) -> None:
         """Refuse (one line) a cache made for another store, teacher, temperature or vocabulary than the run's."""
         wanted = cache_identity(config, store, k=self.k, temperature=config.objective.temperature, vocab=vocab)
-        for key in ("store", "teacher", "temperature", "vocab_size", "format"):
+        for key in ("store", "teacher", "temperature", "vocab_size"):
             if json.loads(json.dumps(wanted[key])) != self.identity.get(key):
                 raise VcrdError(
                     f"teacher cache '{self.root}' was made with another {key.replace('_', ' ')} than this run's; "

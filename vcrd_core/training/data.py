@@ -31,6 +31,7 @@ from vcrd_core.decision_points import Stream
 from vcrd_core.errors import ConfigError, VcrdError
 from vcrd_core.rollouts.sequences import RolloutSequence, StreamBatch, TrainBatch
 from vcrd_core.rollouts.store import RolloutStore
+from vcrd_core.rollouts.teacher_cache import TeacherCache
 
 #: The rollout role whose sequences each stream trains on.
 STREAM_ROLE: dict[str, str] = {s.value: s.role for s in Stream}
@@ -130,6 +131,13 @@ class RolloutExamples(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         return {"index": i, **{s: self.items[i][s] for s in self.streams}}
+
+    def set_teacher_cache(self, cache: TeacherCache) -> None:
+        """Attach every sequence's cached teacher top-k (its first ``len(response)`` decision points: a response cut
+        at ``data.max_length`` keeps its first ones); a rollout the cache lacks is refused in one line."""
+        for slot, item in zip(self.slots, self.items, strict=True):
+            for stream, seq in item.items():
+                seq.teacher_topk = cache.sparse(self.roles[stream], slot[0], slot[1], len(seq.response))
 
     def set_weights(self, stream: str, weights: Mapping[int, list[float]]) -> None:
         """Install per-response-token weights of ``stream`` for every example (the online static cache)."""

@@ -39,6 +39,7 @@ from vcrd_core.plan import RunPlan
 from vcrd_core.plugins.manager import get_plugin_manager
 from vcrd_core.rollouts.scoring import check_scored_with
 from vcrd_core.rollouts.store import RolloutStore
+from vcrd_core.rollouts.teacher_cache import TeacherCache
 from vcrd_core.runs.atomic import atomic_write_text
 from vcrd_core.runs.models import load_causal_lm, pad_token_id
 from vcrd_core.runs.preflight import RUN_MARKERS, Preflight, load_tokenizer, preflight
@@ -217,6 +218,36 @@ class PreparedRun:
     student_rollouts: StudentRollouts | None = None
 
 
+def check_teacher_cache_setup(plan: RunPlan) -> None:
+    """A run that reads the teacher from its top-k cache runs no teacher, so nothing else may need one (one line
+    each, before any model loads): on-policy rollouts, online scoring (the teacher's proposals and logits), a
+    divergence reading the teacher's log-probability of every rollout token, the fused-linear engine."""
+    config, where = plan.config, "training.teacher_cache"
+    if config.on_policy.fresh:
+        raise ConfigError(
+            where, "on-policy student rollouts are generated during training, but the cache holds only the store's "
+            "sequences; use static rollouts (on_policy.schedule: static) or train without the cache",
+        )  # fmt: skip
+    online = [k for k, s in plan.computed().items() if s.rule.uses_scores() and plan.mode != "offline"]
+    if online:
+        raise ConfigError(
+            where, f"online scoring of the {', '.join(online)} stream reads the teacher's logits (its proposals, "
+            "teacher_likelihood); score the store offline (`vcrd score`, scoring.mode: offline) or train without "
+            "the cache",
+        )  # fmt: skip
+    for name, s in plan.computed().items():
+        if s.divergence.uses_sequence_stats:
+            raise ConfigError(
+                where, f"the {name} stream's divergence '{s.divergence.name}' reads the teacher's log-probability of "
+                "every rollout token, which a top-k cache does not hold; train without the cache",
+            )  # fmt: skip
+    if config.training.loss_engine == "fused_linear":
+        raise ConfigError(
+            where, "the fused-linear engine does not read a sparse teacher yet; set training.loss_engine to logits "
+            "or auto",
+        )  # fmt: skip
+
+
 def prepare(config: RunConfig, *, resume: bool, rows: Iterable[Mapping[str, Any]] | None) -> PreparedRun:
     """Every check before a model is loaded (``rows``: rollout rows instead of the store's, e.g. from tests)."""
     kwargs = training_arguments_kwargs(config, world_size())
@@ -237,6 +268,11 @@ def prepare(config: RunConfig, *, resume: bool, rows: Iterable[Mapping[str, Any]
     dataset = RolloutExamples(
         rows, list(computed), max_length=config.data.max_length, with_weights=need_weights, roles=roles_of
     )
+    if config.training.teacher_cache is not None:
+        check_teacher_cache_setup(plan)
+        cache = TeacherCache.open(config.training.teacher_cache, roles=tuple(sorted(set(roles_of.values()))))
+        cache.check_matches(config, RolloutStore(store_path(config)), int(checked.vocab_size))
+        dataset.set_teacher_cache(cache)
     evaluation = PeriodicEvaluation.from_config(config, tokenizer=checked.tokenizer, out_dir=out)
     student_rollouts = None
     if config.on_policy.fresh:
@@ -274,16 +310,15 @@ def build_trainer(
 
     tokenizer, vocab_size = prepared.preflight.tokenizer, prepared.preflight.vocab_size
     set_seed(config.seed)
-    if teacher is None:
+    if teacher is None and config.training.teacher_cache is None:  # with the cache no teacher is loaded at all
         teacher = load_causal_lm(config.models.teacher, "models.teacher.path")
     if student is None:
         student = load_causal_lm(config.models.student, "models.student.path")
+    dtype = next((teacher if teacher is not None else student).parameters()).dtype
     student = apply_lora(config, student)
     args = training_arguments(prepared.training_kwargs)
     plan = prepared.plan
-    context = JudgeContext.for_run(
-        config, tokenizer=tokenizer, device=args.device, dtype=next(teacher.parameters()).dtype, vocab_size=vocab_size
-    )
+    context = JudgeContext.for_run(config, tokenizer=tokenizer, device=args.device, dtype=dtype, vocab_size=vocab_size)
     plan.load_judges(context, computed_only=True)
     trainer = trainer_class(
         model=student,

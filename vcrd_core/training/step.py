@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from vcrd_core.errors import VcrdError
-from vcrd_core.losses.engines import ENGINE_SETTINGS, LossEngine, choose_engine
+from vcrd_core.losses.engines import ENGINE_SETTINGS, LogitsEngine, LossEngine, choose_engine
 from vcrd_core.losses.objective import HiddenStreamInputs, StreamInputs, VCRDObjective
 from vcrd_core.losses.reduction import reduction_count
 from vcrd_core.plan import RunPlan
@@ -79,7 +79,7 @@ class VCRDTrainer(EngineTrainer):
     def __init__(
         self,
         *args: Any,
-        teacher: torch.nn.Module,
+        teacher: torch.nn.Module | None,
         plan: RunPlan,
         objective: VCRDObjective,
         vocab_size: int | None = None,
@@ -105,14 +105,20 @@ class VCRDTrainer(EngineTrainer):
         self.sources: dict[str, WeightSource] = {}
         self.vocab_size = vocab_size
         self.pad_token_id = pad_token_id
-        teacher.eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-        if self.is_deepspeed_enabled:
-            self.teacher = teacher  # as TRL: DeepSpeed needs its own preparation of a second model
-            teacher.to(self.args.device)
-        else:
-            self.teacher = self.accelerator.prepare_model(teacher, evaluation_mode=True)
+        #: The teacher's distributions come from the batch (``training.teacher_cache``): no teacher runs.
+        self.cached_teacher = plan.config.training.teacher_cache is not None
+        if teacher is None and not self.cached_teacher:
+            raise VcrdError("VCRDTrainer: a teacher model is needed unless training.teacher_cache is set")
+        self.teacher: Any = None
+        if teacher is not None and not self.cached_teacher:
+            teacher.eval()
+            for p in teacher.parameters():
+                p.requires_grad_(False)
+            if self.is_deepspeed_enabled:
+                self.teacher = teacher  # as TRL: DeepSpeed needs its own preparation of a second model
+                teacher.to(self.args.device)
+            else:
+                self.teacher = self.accelerator.prepare_model(teacher, evaluation_mode=True)
         self._global_counts: dict[str, float] | None = None
         self.static_scoring_seconds = 0.0
         self._static_done = False
@@ -192,6 +198,14 @@ class VCRDTrainer(EngineTrainer):
 
         first = batch[self.streams[0]]
         setting = self.loss_engine_setting
+        if self.cached_teacher:  # prepare() refused fused_linear with the cache: no teacher lm_head to fuse with
+            self.engine, self.loss_engine_reason = LogitsEngine(), "the teacher comes from training.teacher_cache"
+            self.loss_engine = self.engine.name
+            plan = self.plan
+            self.sources = {
+                s: weight_source(plan.streams[s], plan.mode, plan.cache_static, self.engine) for s in self.streams
+            }
+            return self.engine
         if setting == "auto" and any(self._needs_logits(s) for s in self.streams):
             setting = "logits"  # config validation refuses fused_linear for these
         self.engine, self.loss_engine_reason = choose_engine(
@@ -232,7 +246,7 @@ class VCRDTrainer(EngineTrainer):
         t0 = time.perf_counter()
         tokens = {s for s in self.streams if self.plan.streams[s].target == "tokens"}
         t_out = None
-        if len(tokens) < len(self.streams):  # some stream reads the teacher (a point-mass target needs none)
+        if len(tokens) < len(self.streams) and not self.cached_teacher:  # a point-mass target needs no teacher
             teacher_device = next(self.teacher.parameters()).device
             with torch.no_grad():
                 t_out = self.engine.forward("teacher", self.teacher, ids.to(teacher_device), attn.to(teacher_device))
@@ -250,7 +264,14 @@ class VCRDTrainer(EngineTrainer):
         for stream, (i, _) in zip(self.streams, parts, strict=True):
             b, n = i.shape
             student = s_out[start : start + b, :n]
-            teacher = point_mass(i, student.shape[-1]) if stream in tokens else t_out[start : start + b, :n]
+            if stream in tokens:
+                teacher: Any = point_mass(i, student.shape[-1])
+            elif self.cached_teacher:
+                teacher = batch[stream].teacher_topk
+                if teacher is None:
+                    raise VcrdError(f"{stream} stream: the batch carries no cached teacher (training.teacher_cache)")
+            else:
+                teacher = t_out[start : start + b, :n]
             out[stream] = (teacher, student)
             start += b
         return out

@@ -1,0 +1,112 @@
+"""Training from the teacher's top-k cache (``training.teacher_cache``): with k = the vocabulary (float32 cache)
+the run equals the run with a teacher forward; with a small k the first loss is the coarsened one (never above
+the exact, for these f-divergences); the teacher model is never constructed; what needs a teacher is refused in
+one line before any model loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from vcrd_arithmetic.task import build_task
+
+import vcrd_core.training.run as run_module
+from tests.conftest import run_vcrd
+from tests.core.training.helpers import config_dict, run_config, save_model
+from vcrd_core.config.loader import load_config
+from vcrd_core.errors import VcrdError
+from vcrd_core.rollouts.run import generate_rollouts
+from vcrd_core.training.run import build_trainer, prepare
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("cached")
+    build_task(root / "task")
+    teacher, student = save_model(root / "teacher", 32, seed=0), save_model(root / "student", 16, seed=1)
+    lines = (root / "task" / "distill.jsonl").read_text().splitlines()[:16]
+    (root / "p.jsonl").write_text("\n".join(lines) + "\n")
+    cfg = config_dict(root, teacher, student, weighting={"name": "constant"})
+    cfg["judge"] = None
+    cfg["data"] = {**cfg["data"], "train": str(root / "p.jsonl"), "max_length": 40}
+    cfg["rollouts"] = {"generator": {"name": "arithmetic_solver", "params": {"error_rate": 0.2}},
+                       "max_new_tokens": 32, "chunk_size": 8, "store": str(root / "store")}  # fmt: skip
+    (root / "run.yaml").write_text(yaml.safe_dump(cfg))
+    generate_rollouts(load_config(root / "run.yaml"))
+    caches = {}
+    for name, extra in {"full": ["--k", "17", "--logp-dtype", "float32"], "k3": ["--k", "3"]}.items():
+        caches[name] = root / f"cache-{name}"
+        made = run_vcrd("teacher-cache", str(root / "run.yaml"), "--out", str(caches[name]), *extra)
+        assert made.returncode == 0, made.stderr[-3000:]
+    return {"root": root, "cfg": cfg, "caches": caches}
+
+
+def train(cfg: dict[str, Any], out: Path, **training: Any) -> Any:
+    cfg = {**cfg, "training": {**cfg["training"], **training}, "output": {"dir": str(out)}}
+    config = run_config(cfg)
+    prepared = prepare(config, resume=False, rows=None)
+    trainer = build_trainer(config, prepared)
+    trainer.train()
+    return trainer
+
+
+def test_with_k_equal_to_the_vocabulary_the_cached_run_is_the_run_with_a_teacher(
+    setup: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = setup["root"]
+    exact = train(setup["cfg"], root / "exact")
+    loaded: list[str] = []
+    real = run_module.load_causal_lm
+
+    def spy(spec: Any, what: str, *args: Any, **kwargs: Any) -> Any:  # the real loader, recording who is loaded
+        loaded.append(what)
+        return real(spec, what, *args, **kwargs)
+
+    monkeypatch.setattr(run_module, "load_causal_lm", spy)
+    cached = train(setup["cfg"], root / "cached", teacher_cache=str(setup["caches"]["full"]))
+    assert loaded == ["models.student.path"]  # the teacher is never constructed
+    assert cached.teacher is None and cached.loss_engine == "logits"
+    assert exact.teacher is not None
+    losses = [[h["loss"] for h in t.state.log_history if "loss" in h] for t in (exact, cached)]
+    assert len(losses[0]) == 4
+    torch.testing.assert_close(torch.tensor(losses[1]), torch.tensor(losses[0]), rtol=1e-5, atol=1e-6)
+    a, b = dict(exact.model.named_parameters()), dict(cached.model.named_parameters())
+    for name, p in a.items():
+        if p.requires_grad:
+            torch.testing.assert_close(b[name], p, rtol=1e-4, atol=1e-6)
+    assert cached._times.teacher_forward < exact._times.teacher_forward
+
+
+def test_with_a_small_k_the_first_loss_is_the_coarsened_one_never_above_the_exact(setup: dict[str, Any]) -> None:
+    root = setup["root"]
+    exact = train(setup["cfg"], root / "exact-1", max_steps=1)
+    cached = train(setup["cfg"], root / "k3-1", max_steps=1, teacher_cache=str(setup["caches"]["k3"]))
+    first = [next(h["loss"] for h in t.state.log_history if "loss" in h) for t in (exact, cached)]
+    assert first[1] < first[0]  # the tail bucket hides the teacher's shape beyond its top 3
+    assert first[1] > 0.2 * first[0]  # ... but most of the divergence is in the top 3 of a 17-id vocabulary
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"on_policy": {"schedule": "steps"}}, "on-policy student rollouts are generated during training"),
+        ({"weighting": {"name": "ratio"}, "judge": {"name": "oracle"}}, "online scoring of the"),
+        ({"training": {"loss_engine": "fused_linear"}}, "the fused-linear engine does not read a sparse teacher"),
+        ({"objective": {"temperature": 2.0}}, "was made with another temperature than this run's"),
+    ],
+)
+def test_what_needs_a_teacher_is_refused_in_one_line_before_any_model_loads(
+    setup: dict[str, Any], change: dict[str, Any], message: str
+) -> None:
+    cfg = dict(setup["cfg"])
+    for key, value in change.items():
+        cfg[key] = {**cfg[key], **value} if isinstance(cfg.get(key), dict) else value
+    cfg["training"] = {**cfg["training"], "teacher_cache": str(setup["caches"]["k3"])}
+    cfg["output"] = {"dir": str(setup["root"] / "refused")}
+    with pytest.raises(VcrdError, match=message):
+        prepare(run_config(cfg), resume=False, rows=None)
