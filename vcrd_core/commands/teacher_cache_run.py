@@ -28,4 +28,9 @@ def run(args: argparse.Namespace) -> int:
         f"{summary['points']} decision points ({summary['parts_written']} parts written now), {size}{rate}, "
         f"{summary['seconds']:.1f} s"
     )
+    if summary["tail_mass_mean"] is not None:
+        console().print(
+            f"mean teacher mass outside the top-{summary['identity']['k']}: {summary['tail_mass_mean']:.4f} (the "
+            "error of the tail bucket grows with it; README 'Teacher-free steps')"
+        )
     return 0

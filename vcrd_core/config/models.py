@@ -320,6 +320,22 @@ class RunConfig(Section):
             raise ValueError("objective: at least one stream must be enabled with lambda > 0")
         return self
 
+    @model_validator(mode="after")
+    def _teacher_cache_needs_no_teacher(self) -> RunConfig:
+        if self.training.teacher_cache is None:
+            return self
+        if self.on_policy.fresh:
+            raise ValueError(
+                "training.teacher_cache: on-policy student rollouts are generated during training, but the cache holds "
+                "only the store's sequences; use static rollouts (on_policy.schedule: static) or train without it"
+            )
+        if self.training.loss_engine == "fused_linear":
+            raise ValueError(
+                "training.teacher_cache: the fused-linear engine does not read a sparse teacher yet; set "
+                "training.loss_engine to logits or auto"
+            )
+        return self
+
     def streams(self) -> dict[str, StreamConfig]:
         """The enabled streams by name (``teacher_prefix``, ``student_prefix``)."""
         o = self.objective

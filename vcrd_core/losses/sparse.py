@@ -38,9 +38,10 @@ from vcrd_core.losses.inputs import DivergenceValue, FlatRows, check_rows, check
 
 @dataclass(frozen=True)
 class SparseTeacher:
-    """The teacher at ``n`` decision points: ``ids`` ``[n, k]`` int64 (its ``k`` most likely ids, distinct, over
-    the real vocabulary), ``logp`` ``[n, k]`` float32 (their log-probabilities at ``temperature``) and ``tail``
-    ``[n]`` float32 (the log of the remaining mass; ``-inf`` when ``k`` is the whole vocabulary)."""
+    """The teacher at ``n`` decision points: ``ids`` ``[n, k]`` (its ``k`` most likely ids, distinct, over the real
+    vocabulary; int64, or int32 as the cache keeps them), ``logp`` ``[n, k]`` (their log-probabilities at
+    ``temperature``; float32, or float16 as cached) and ``tail`` ``[n]`` float32 (the log of the remaining mass;
+    ``-inf`` when ``k`` is the whole vocabulary)."""
 
     ids: torch.Tensor
     logp: torch.Tensor
@@ -123,7 +124,7 @@ class SparseTeacherRows(TeacherRows):
         self, start: int, rows: torch.Tensor, student_chunk: torch.Tensor, temperature: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
         stop = start + rows.numel()
-        ids = self.teacher.ids[start:stop]
+        ids = self.teacher.ids[start:stop].long()
         teacher_logp = self.teacher.logp[start:stop].float()
         if self.with_tail:
             teacher_logp = torch.cat([teacher_logp, self.teacher.tail[start:stop, None].float()], dim=1)

@@ -112,10 +112,11 @@ def _joined_topk(seqs: Sequence[RolloutSequence], points: DecisionPoints) -> Spa
         if len(topk) < count:
             raise VcrdError(f"sequence {b}: the teacher cache holds {len(topk)} decision points, the batch has {count}")
         parts.append(topk)
-    return SparseTeacher(
-        torch.cat([t.ids[:c] for t, c in zip(parts, points.counts.tolist(), strict=True)]),
-        torch.cat([t.logp[:c] for t, c in zip(parts, points.counts.tolist(), strict=True)]),
-        torch.cat([t.tail[:c] for t, c in zip(parts, points.counts.tolist(), strict=True)]),
+    counts = points.counts.tolist()
+    return SparseTeacher(  # widened here, per batch: the cache keeps its compact dtypes in memory
+        torch.cat([t.ids[:c] for t, c in zip(parts, counts, strict=True)]).long(),
+        torch.cat([t.logp[:c] for t, c in zip(parts, counts, strict=True)]).float(),
+        torch.cat([t.tail[:c] for t, c in zip(parts, counts, strict=True)]).float(),
         parts[0].temperature,
     )
 

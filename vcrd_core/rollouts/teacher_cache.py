@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ SCHEMA = pa.schema(
         ("prompt_index", pa.int64()),
         ("sample_index", pa.int64()),
         ("points", pa.int32()),
+        ("digest", pa.int64()),
         ("ids", pa.binary()),
         ("logp", pa.binary()),
         ("tail", pa.binary()),
@@ -69,8 +71,9 @@ def cache_identity(
 ) -> dict:
     """What the cached distributions depend on; a cache with another identity is refused, never mixed."""
     teacher = config.models.teacher
+    manifest = store.manifest()
     return {
-        "store": store.manifest()["identity"],
+        "store": {"identity": manifest["identity"], "created": manifest.get("created")},  # --overwrite: a new one
         "teacher": {"fingerprint": model_fingerprint(teacher.path), "dtype": teacher.dtype},
         "k": min(int(k), int(vocab)),
         "temperature": float(temperature),
@@ -96,25 +99,36 @@ def encode_rows(sparse: SparseTeacher, counts: list[int], logp_dtype: str = "flo
     return out
 
 
+def sequence_digest(prompt: list[int], response: list[int]) -> int:
+    """A CRC-32 of a rollout's token ids: a cached row is used only for the very sequence it was made from."""
+    return zlib.crc32(np.asarray([*prompt, -1, *response], dtype="<i8").tobytes())
+
+
 def decode_row(row: dict[str, Any], k: int, logp_dtype: str = "float16") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One stored record as ``(ids [n, k] int64, logp [n, k] float32, tail [n] float32)`` arrays."""
+    """One stored record as ``(ids [n, k] int32, logp [n, k] float16 / float32, tail [n] float32)`` arrays."""
     n = int(row["points"])
-    ids = np.frombuffer(row["ids"], dtype="<i4").reshape(n, k).astype(np.int64)
-    logp = np.frombuffer(row["logp"], dtype=LOGP_DTYPES[logp_dtype]).reshape(n, k).astype(np.float32)
-    tail = np.frombuffer(row["tail"], dtype="<f4").reshape(n).astype(np.float32)
+    ids = np.frombuffer(row["ids"], dtype="<i4").reshape(n, k).copy()  # a writable copy in the stored dtypes:
+    logp = np.frombuffer(row["logp"], dtype=LOGP_DTYPES[logp_dtype]).reshape(n, k).copy()  # widened per batch
+    tail = np.frombuffer(row["tail"], dtype="<f4").reshape(n).copy()
     return ids, logp, tail
 
 
 def _check_identity(root: Path, identity: dict[str, Any], overwrite: bool) -> None:
+    """Refuse a directory made with another setup (unless ``overwrite``: then its parts go, after the cache is
+    marked incomplete, so an interruption never leaves a "complete" cache without parts)."""
     info_file = root / CACHE_FILE
+    if root.exists() and not root.is_dir():
+        raise VcrdError(f"--out '{root}' exists and is not a directory")
     if info_file.is_file():
-        previous = json.loads(info_file.read_text(encoding="utf-8")).get("identity")
-        if previous != json.loads(json.dumps(identity)):
+        previous = json.loads(info_file.read_text(encoding="utf-8")).get("identity") or {}
+        wanted = json.loads(json.dumps(identity))
+        if previous != wanted:
             if not overwrite:
+                differs = ", ".join(k.replace("_", " ") for k in wanted if previous.get(k) != wanted[k])
                 raise VcrdError(
-                    f"teacher cache '{root}' was made with another teacher, store, k or temperature; choose "
-                    "another --out or pass --overwrite"
+                    f"teacher cache '{root}' was made with another {differs}; choose another --out or pass --overwrite"
                 )
+            atomic_write_text(info_file, json.dumps({"identity": identity, "complete": False}, indent=2) + "\n")
             shutil.rmtree(root / "data", ignore_errors=True)
     elif root.exists() and any(root.iterdir()):
         raise VcrdError(f"--out '{root}' is not empty and holds no teacher cache; choose another directory")
@@ -157,6 +171,7 @@ def build_teacher_cache(
     layout = store.layout()
     start = time.perf_counter()
     points = written = 0
+    tail_sum = 0.0
     for role in layout.roles:
         with progress(console, "rollouts") as bar:
             label = f"teacher top-{identity['k']} on {role} rollouts' prompts"
@@ -177,7 +192,12 @@ def build_teacher_cache(
                     sparse = topk_teacher(logits, batch.points.rows, k, vocab_size=vocab, temperature=temperature)
                     counts = batch.points.counts.tolist()
                     for r, record in zip(batch_rows, encode_rows(sparse, counts, logp_dtype), strict=True):
-                        records.append({"prompt_index": r["prompt_index"], "sample_index": r["sample_index"], **record})
+                        digest = sequence_digest(r["prompt_token_ids"], r["response_token_ids"])
+                        records.append(
+                            {"prompt_index": r["prompt_index"], "sample_index": r["sample_index"], "digest": digest,
+                             **record}
+                        )  # fmt: skip
+                    tail_sum += float(sparse.tail.double().exp().sum())
                     points += sum(counts)
                 part.parent.mkdir(parents=True, exist_ok=True)
                 with atomic_path(part) as tmp:
@@ -196,6 +216,7 @@ def build_teacher_cache(
         "points_written": points,
         "points": sum(sum(c) for c in counts),
         "bytes": size,
+        "tail_mass_mean": tail_sum / points if points else None,  # over the points written by this run
         "seconds": round(time.perf_counter() - start, 3),
     }
     atomic_write_text(root / CACHE_FILE, json.dumps(summary, indent=2) + "\n")
@@ -209,6 +230,8 @@ class TeacherCache:
     root: Path
     identity: dict[str, Any]
     rows: dict[tuple[str, int, int], tuple[np.ndarray, np.ndarray, np.ndarray]]
+    #: Per rollout, the CRC-32 of the token ids it was made from (:func:`sequence_digest`).
+    digests: dict[tuple[str, int, int], int]
 
     @property
     def k(self) -> int:
@@ -228,13 +251,16 @@ class TeacherCache:
         identity, k = info["identity"], int(info["identity"]["k"])
         logp_dtype = identity["format"]["logp"]
         rows: dict[tuple[str, int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        digests: dict[tuple[str, int, int], int] = {}
         for part in sorted((root / "data").glob("*.parquet")):
             role = part.name.rsplit("-", 1)[0]
             if role not in roles:
                 continue
             for row in pq.read_table(part).to_pylist():
-                rows[(role, int(row["prompt_index"]), int(row["sample_index"]))] = decode_row(row, k, logp_dtype)
-        return cls(root, identity, rows)
+                key = (role, int(row["prompt_index"]), int(row["sample_index"]))
+                rows[key] = decode_row(row, k, logp_dtype)
+                digests[key] = int(row["digest"])
+        return cls(root, identity, rows, digests)
 
     def check_matches(self, config: RunConfig, store: RolloutStore, vocab: int) -> None:
         """Refuse (one line) a cache made for another store, teacher, temperature or vocabulary than the run's."""
@@ -246,21 +272,29 @@ class TeacherCache:
                     "make it again with `vcrd teacher-cache CONFIG --overwrite`"
                 )
 
-    def sparse(self, role: str, prompt_index: int, sample_index: int, points: int) -> SparseTeacher:
+    def sparse(
+        self, role: str, prompt_index: int, sample_index: int, points: int, digest: int | None = None
+    ) -> SparseTeacher:
         """The first ``points`` decision points of one rollout (a response cut at ``data.max_length`` keeps its
-        first ones) as a :class:`SparseTeacher`."""
+        first ones) as a :class:`SparseTeacher` in the stored dtypes; ``digest``: the rollout's
+        :func:`sequence_digest`, checked against the one the row was made from."""
         key = (role, int(prompt_index), int(sample_index))
         if key not in self.rows:
             raise VcrdError(f"teacher cache '{self.root}' has no {role} rollout {prompt_index}/{sample_index}")
+        if digest is not None and digest != self.digests[key]:
+            raise VcrdError(
+                f"teacher cache '{self.root}': {role} rollout {prompt_index}/{sample_index} is not the sequence the "
+                "cache was made from (the store was rewritten?); make it again with `vcrd teacher-cache --overwrite`"
+            )
         ids, logp, tail = self.rows[key]
         if points > len(tail):
             raise VcrdError(
                 f"teacher cache '{self.root}': {role} rollout {prompt_index}/{sample_index} has {len(tail)} cached "
                 f"decision points, the batch asks for {points}"
             )
-        return SparseTeacher(
-            torch.from_numpy(ids[:points].copy()),
-            torch.from_numpy(logp[:points].copy()),
-            torch.from_numpy(tail[:points].copy()),
+        return SparseTeacher(  # views: no copy per rollout
+            torch.from_numpy(ids[:points]),
+            torch.from_numpy(logp[:points]),
+            torch.from_numpy(tail[:points]),
             float(self.identity["temperature"]),
         )

@@ -31,7 +31,7 @@ from vcrd_core.decision_points import Stream
 from vcrd_core.errors import ConfigError, VcrdError
 from vcrd_core.rollouts.sequences import RolloutSequence, StreamBatch, TrainBatch
 from vcrd_core.rollouts.store import RolloutStore
-from vcrd_core.rollouts.teacher_cache import TeacherCache
+from vcrd_core.rollouts.teacher_cache import TeacherCache, sequence_digest
 
 #: The rollout role whose sequences each stream trains on.
 STREAM_ROLE: dict[str, str] = {s.value: s.role for s in Stream}
@@ -59,9 +59,13 @@ class RolloutExamples(torch.utils.data.Dataset):
         self.roles = {s: (roles or {}).get(s, STREAM_ROLE[s]) for s in self.streams}
         slots: dict[tuple[int, int], dict[str, RolloutSequence]] = {}
         too_long: set[tuple[int, int]] = set()
+        #: Per (slot, stream), the CRC-32 of the whole rollout's token ids (read by :meth:`set_teacher_cache`).
+        self._digests: dict[tuple[tuple[int, int], str], int] = {}
         for row in rows:
             for stream in [s for s in self.streams if self.roles[s] == row["role"]]:
                 self._add(row, stream, slots, too_long, with_weights, max_length)
+                slot = (int(row["prompt_index"]), int(row.get("sample_index") or 0))
+                self._digests[(slot, stream)] = sequence_digest(row["prompt_token_ids"], row["response_token_ids"])
         complete = sorted(k for k, v in slots.items() if k not in too_long and all(s in v for s in self.streams))
         #: (prompt, sample) slots left out because a prompt fills data.max_length
         self.too_long = len(too_long)
@@ -137,7 +141,8 @@ class RolloutExamples(torch.utils.data.Dataset):
         at ``data.max_length`` keeps its first ones); a rollout the cache lacks is refused in one line."""
         for slot, item in zip(self.slots, self.items, strict=True):
             for stream, seq in item.items():
-                seq.teacher_topk = cache.sparse(self.roles[stream], slot[0], slot[1], len(seq.response))
+                digest = self._digests.get((slot, stream))
+                seq.teacher_topk = cache.sparse(self.roles[stream], slot[0], slot[1], len(seq.response), digest)
 
     def set_weights(self, stream: str, weights: Mapping[int, list[float]]) -> None:
         """Install per-response-token weights of ``stream`` for every example (the online static cache)."""

@@ -220,14 +220,10 @@ class PreparedRun:
 
 def check_teacher_cache_setup(plan: RunPlan) -> None:
     """A run that reads the teacher from its top-k cache runs no teacher, so nothing else may need one (one line
-    each, before any model loads): on-policy rollouts, online scoring (the teacher's proposals and logits), a
-    divergence reading the teacher's log-probability of every rollout token, the fused-linear engine."""
-    config, where = plan.config, "training.teacher_cache"
-    if config.on_policy.fresh:
-        raise ConfigError(
-            where, "on-policy student rollouts are generated during training, but the cache holds only the store's "
-            "sequences; use static rollouts (on_policy.schedule: static) or train without the cache",
-        )  # fmt: skip
+    each, before any model loads): online scoring (the teacher's proposals and logits) and a divergence reading the
+    teacher's log-probability of every rollout token (on-policy rollouts and the fused-linear engine: the config's
+    own validation)."""
+    where = "training.teacher_cache"  # on-policy rollouts and fused_linear: refused by the config's validation
     online = [k for k, s in plan.computed().items() if s.rule.uses_scores() and plan.mode != "offline"]
     if online:
         raise ConfigError(
@@ -241,11 +237,6 @@ def check_teacher_cache_setup(plan: RunPlan) -> None:
                 where, f"the {name} stream's divergence '{s.divergence.name}' reads the teacher's log-probability of "
                 "every rollout token, which a top-k cache does not hold; train without the cache",
             )  # fmt: skip
-    if config.training.loss_engine == "fused_linear":
-        raise ConfigError(
-            where, "the fused-linear engine does not read a sparse teacher yet; set training.loss_engine to logits "
-            "or auto",
-        )  # fmt: skip
 
 
 def prepare(config: RunConfig, *, resume: bool, rows: Iterable[Mapping[str, Any]] | None) -> PreparedRun:
@@ -319,7 +310,8 @@ def build_trainer(
     args = training_arguments(prepared.training_kwargs)
     plan = prepared.plan
     context = JudgeContext.for_run(config, tokenizer=tokenizer, device=args.device, dtype=dtype, vocab_size=vocab_size)
-    plan.load_judges(context, computed_only=True)
+    if config.training.teacher_cache is None:  # with the cache every weight is the store's: no judge runs (an
+        plan.load_judges(context, computed_only=True)  # mc_value judge would load its completer, the teacher)
     trainer = trainer_class(
         model=student,
         args=args,

@@ -72,8 +72,9 @@ def test_the_cache_holds_the_teachers_top_k_at_every_decision_point(setup: dict[
         want = topk_teacher(logits, batch.points.rows, K, vocab_size=17, temperature=1.5)
         got = cache.sparse(row["role"], row["prompt_index"], row["sample_index"], batch.points.num_points)
         assert len(got) == len(row["response_token_ids"])  # one entry per response token (EOS included)
-        assert torch.equal(got.ids, want.ids)
-        torch.testing.assert_close(got.logp, want.logp, rtol=0, atol=1e-2)  # float16 storage
+        assert got.ids.dtype == torch.int32 and got.logp.dtype == torch.float16  # kept compact in memory
+        assert torch.equal(got.ids.long(), want.ids)
+        torch.testing.assert_close(got.logp.float(), want.logp, rtol=0, atol=1e-2)  # float16 storage
         torch.testing.assert_close(got.tail, want.tail, rtol=0, atol=1e-6)
         assert got.temperature == 1.5
     printed = " ".join(setup["stdout"].split())  # the console wraps long lines
@@ -108,9 +109,9 @@ def test_a_cache_made_with_another_setup_is_refused_in_one_line(setup: dict[str,
     other_teacher = run_vcrd(
         "teacher-cache", str(root / "run.yaml"), "--k", str(K), "--set", f"models.teacher.path={root / 'student'}"
     )
-    for result in (other_k, other_teacher):
+    for result, what in ((other_k, "another k;"), (other_teacher, "another teacher;")):
         assert result.returncode != 0
-        assert "was made with another teacher, store, k or temperature" in result.stderr
+        assert what in " ".join(result.stderr.split()), result.stderr
         assert "Traceback" not in result.stderr
     assert TeacherCache.open(cache_dir).k == K  # nothing was overwritten
     # a run reading the cache with another objective temperature or teacher is refused
@@ -121,6 +122,10 @@ def test_a_cache_made_with_another_setup_is_refused_in_one_line(setup: dict[str,
         cache.check_matches(load_config(root / "run.yaml", ["objective.temperature=1.0"]), store, 17)
     with pytest.raises(VcrdError, match="another teacher"):
         cache.check_matches(load_config(root / "run.yaml", [f"models.teacher.path={root / 'student'}"]), store, 17)
+    # a row is used only for the sequence it was made from (a rewritten store)
+    key = next(iter(cache.rows))
+    with pytest.raises(VcrdError, match="is not the sequence the cache was made from"):
+        cache.sparse(*key, points=1, digest=cache.digests[key] + 1)
 
 
 def test_k_beyond_the_vocabulary_is_capped_and_has_no_tail(setup: dict[str, Any]) -> None:

@@ -19,9 +19,12 @@ from tests.core.training.helpers import config_dict, run_config, save_model
 from vcrd_core.config.loader import load_config
 from vcrd_core.errors import VcrdError
 from vcrd_core.rollouts.run import generate_rollouts
+from vcrd_core.rollouts.store import RolloutStore
 from vcrd_core.training.run import build_trainer, prepare
 
 pytestmark = pytest.mark.slow
+#: Shorter than the longest rollouts: some responses are cut, and their cached rows with them.
+MAX_LENGTH = 24
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +36,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     (root / "p.jsonl").write_text("\n".join(lines) + "\n")
     cfg = config_dict(root, teacher, student, weighting={"name": "constant"})
     cfg["judge"] = None
-    cfg["data"] = {**cfg["data"], "train": str(root / "p.jsonl"), "max_length": 40}
+    cfg["data"] = {**cfg["data"], "train": str(root / "p.jsonl"), "max_length": MAX_LENGTH}
     cfg["rollouts"] = {"generator": {"name": "arithmetic_solver", "params": {"error_rate": 0.2}},
                        "max_new_tokens": 32, "chunk_size": 8, "store": str(root / "store")}  # fmt: skip
     (root / "run.yaml").write_text(yaml.safe_dump(cfg))
@@ -59,6 +62,9 @@ def test_with_k_equal_to_the_vocabulary_the_cached_run_is_the_run_with_a_teacher
     setup: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     root = setup["root"]
+    store = RolloutStore(root / "store").read().to_pylist()
+    cut = [r for r in store if len(r["prompt_token_ids"]) + len(r["response_token_ids"]) > MAX_LENGTH]
+    assert 0 < len(cut) < len(store)  # the alignment of cut responses with their cached rows is exercised
     exact = train(setup["cfg"], root / "exact")
     loaded: list[str] = []
     real = run_module.load_causal_lm
@@ -94,10 +100,12 @@ def test_with_a_small_k_the_first_loss_is_the_coarsened_one_never_above_the_exac
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"on_policy": {"schedule": "steps"}}, "on-policy student rollouts are generated during training"),
         ({"weighting": {"name": "ratio"}, "judge": {"name": "oracle"}}, "online scoring of the"),
-        ({"training": {"loss_engine": "fused_linear"}}, "the fused-linear engine does not read a sparse teacher"),
         ({"objective": {"temperature": 2.0}}, "was made with another temperature than this run's"),
+        (
+            {"objective": {"student_prefix": {"divergence": {"name": "srkl_adaptive"}}}},
+            "reads the teacher's log-probability of every rollout token",
+        ),
     ],
 )
 def test_what_needs_a_teacher_is_refused_in_one_line_before_any_model_loads(
@@ -106,7 +114,26 @@ def test_what_needs_a_teacher_is_refused_in_one_line_before_any_model_loads(
     cfg = dict(setup["cfg"])
     for key, value in change.items():
         cfg[key] = {**cfg[key], **value} if isinstance(cfg.get(key), dict) else value
+    if "objective" in change and "student_prefix" in change["objective"]:
+        cfg["objective"] = {"student_prefix": {"enabled": True, **change["objective"]["student_prefix"]}}
     cfg["training"] = {**cfg["training"], "teacher_cache": str(setup["caches"]["k3"])}
     cfg["output"] = {"dir": str(setup["root"] / "refused")}
     with pytest.raises(VcrdError, match=message):
         prepare(run_config(cfg), resume=False, rows=None)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("on_policy.schedule=steps", "on-policy student rollouts are generated during training"),
+        ("training.loss_engine=fused_linear", "the fused-linear engine does not read a sparse teacher yet"),
+    ],
+)
+def test_config_check_reports_what_the_cache_cannot_do(setup: dict[str, Any], change: str, message: str) -> None:
+    root = setup["root"]
+    result = run_vcrd(
+        "config", "check", str(root / "run.yaml"), "--set", f"training.teacher_cache={setup['caches']['k3']}",
+        "--set", change,
+    )  # fmt: skip
+    assert result.returncode != 0 and message in " ".join(result.stderr.split()), result.stderr
+    assert "Traceback" not in result.stderr
