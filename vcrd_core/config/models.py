@@ -260,9 +260,9 @@ class TrainingConfig(Section):
     teacher_cache: str | None = Field(
         None,
         description="A `vcrd teacher-cache` directory: the teacher's top-k distribution at every decision point of the "
-        "(static) rollout store, read instead of a teacher forward; no teacher is loaded. Needs static rollouts, "
-        "offline weights (or rules that read no scores) and the logits engine; the tail of the teacher's "
-        "distribution is one extra category (README, 'Teacher-free steps').",
+        "(static) rollout store, read instead of a teacher forward; no teacher is loaded. Needs static rollouts and "
+        "offline weights (or rules that read no scores); the tail of the teacher's distribution is one extra "
+        "category (README, 'Teacher-free steps').",
     )
     loss_engine: Literal["auto", "fused_linear", "logits"] = Field(
         "auto",
@@ -328,11 +328,6 @@ class RunConfig(Section):
             raise ValueError(
                 "training.teacher_cache: on-policy student rollouts are generated during training, but the cache holds "
                 "only the store's sequences; use static rollouts (on_policy.schedule: static) or train without it"
-            )
-        if self.training.loss_engine == "fused_linear":
-            raise ValueError(
-                "training.teacher_cache: the fused-linear engine does not read a sparse teacher yet; set "
-                "training.loss_engine to logits or auto"
             )
         return self
 

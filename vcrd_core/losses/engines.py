@@ -165,16 +165,23 @@ class FusedLinearEngine(LossEngine):
 
     name: ClassVar[str] = "fused_linear"
 
-    def __init__(self, teacher: DecoderHead, student: DecoderHead, autocast: ContextFactory) -> None:
-        self.heads = {"teacher": teacher, "student": student}
+    def __init__(self, teacher: DecoderHead | None, student: DecoderHead, autocast: ContextFactory) -> None:
+        #: ``teacher`` None: the teacher comes from a top-k cache (``training.teacher_cache``), never run here.
+        self.heads: dict[str, DecoderHead | None] = {"teacher": teacher, "student": student}
         self._autocast = autocast
 
+    def _head(self, role: str) -> DecoderHead:
+        access = self.heads[role]
+        if access is None:
+            raise VcrdError(f"fused-linear engine: no {role} model runs here (training.teacher_cache)")
+        return access
+
     def forward(self, role: str, model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Any:
-        hidden, _ = hidden_forward(model, self.heads[role], input_ids, attention_mask)
+        hidden, _ = hidden_forward(model, self._head(role), input_ids, attention_mask)
         return hidden
 
     def scoring_logits(self, role: str, output: torch.Tensor) -> torch.Tensor:
-        head = self.heads[role].head
+        head = self._head(role).head
         with torch.no_grad(), self._autocast():  # as the models' own lm_heads under mixed precision
             return torch.nn.functional.linear(output.detach(), head.weight, head.bias)
 
@@ -186,7 +193,8 @@ class FusedLinearEngine(LossEngine):
         weights: Any,
         input_ids: torch.Tensor | None = None,
     ) -> HiddenStreamInputs:
-        heads = (self.heads["teacher"].lm_head(), self.heads["student"].lm_head())
+        teacher_head = self.heads["teacher"]
+        heads = (None if teacher_head is None else teacher_head.lm_head(), self._head("student").lm_head())
         want = getattr(weights, "want", None) if callable(weights) else None
         return HiddenStreamInputs(teacher, student, heads[0], heads[1], points, weights, want=want)
 
@@ -195,9 +203,9 @@ class FusedLinearEngine(LossEngine):
 
 
 def check_decoder_heads(
-    teacher: torch.nn.Module,
+    teacher: torch.nn.Module | None,
     student: torch.nn.Module,
-    pair: tuple[DecoderHead, DecoderHead],
+    pair: tuple[DecoderHead | None, DecoderHead],
     ids: torch.Tensor,
     attn: torch.Tensor,
     autocast: ContextFactory,
@@ -206,8 +214,9 @@ def check_decoder_heads(
     states must give the model's own logits (else something between them, e.g. a logit transform, is missed).
     Returns the reason it does not ("" when it does). Runs in eval mode with a forked RNG: the check draws no
     dropout mask, so a resumed run stays bitwise equal."""
-    teacher_device = next(teacher.parameters()).device
-    models = (("teacher", teacher, pair[0], teacher_device), ("student", student, pair[1], ids.device))
+    teacher_device = ids.device if teacher is None else next(teacher.parameters()).device
+    models = [("teacher", teacher, pair[0], teacher_device), ("student", student, pair[1], ids.device)]
+    models = [m for m in models if m[1] is not None]  # no teacher: it comes from a top-k cache
     cuda = sorted({d.index or 0 for d in (teacher_device, ids.device) if d.type == "cuda"})
     training = student.training
     with torch.no_grad(), torch.random.fork_rng(devices=cuda):
@@ -232,7 +241,7 @@ def check_decoder_heads(
 
 def choose_engine(
     setting: str,
-    teacher: torch.nn.Module,
+    teacher: torch.nn.Module | None,
     student: torch.nn.Module,
     sample: tuple[torch.Tensor, torch.Tensor],
     *,
@@ -244,7 +253,8 @@ def choose_engine(
 ) -> tuple[LossEngine, str]:
     """The engine for ``setting`` (``auto`` / ``fused_linear`` / ``logits``) and, for ``logits``, why (one phrase).
 
-    ``teacher`` / ``student``: the unwrapped models (``student`` as it runs: its train mode is kept); ``sample``:
+    ``teacher`` / ``student``: the unwrapped models (``student`` as it runs: its train mode is kept; ``teacher``
+    None: its distributions come from a top-k cache, only the student's head is checked); ``sample``:
     one sequence's ids and attention mask for :func:`check_decoder_heads` (run through ``wrapped_student``, the
     student as the trainer calls it, when given); ``device``: the student's; ``sharded``: FSDP / DeepSpeed ZeRO-3;
     ``fp16``: float16 mixed precision. ``fused_linear`` that is not possible is an error;
@@ -255,6 +265,18 @@ def choose_engine(
     pair: tuple[Any, Any] = (None, None)
     if setting == "logits":
         reason = "training.loss_engine is logits"
+    elif teacher is None:  # the teacher's distributions come from a top-k cache: only the student is read
+        student_head = decoder_head(student)
+        if sharded:
+            reason = "parameters are sharded (FSDP / DeepSpeed ZeRO-3): the lm_head weights are not whole"
+        elif isinstance(student_head, str):
+            reason = f"the student: {student_head}"
+        elif fp16 or student_head.head.weight.dtype == torch.float16:
+            reason = "float16 logits: the fused engine's logit gradients would underflow in float16 (use bf16)"
+        else:
+            runs = wrapped_student if wrapped_student is not None else student
+            reason = check_decoder_heads(None, runs, (None, student_head), sample[0], sample[1], autocast)
+        pair = (None, student_head)
     else:
         pair = (decoder_head(teacher), decoder_head(student))
         if sharded:
@@ -271,7 +293,7 @@ def choose_engine(
         else:
             runs = wrapped_student if wrapped_student is not None else student
             reason = check_decoder_heads(teacher, runs, pair, sample[0], sample[1], autocast)
-    if reason and setting == "fused_linear":
+    if reason and setting == "fused_linear":  # (pair[1] may be a reason string only when reason is set)
         raise VcrdError(f"training.loss_engine: fused_linear is not possible here: {reason}; use auto or logits")
     if reason:
         if setting == "auto":

@@ -99,6 +99,7 @@ from vcrd_core.losses.inputs import (
     checked_vocab,
     default_chunk_size,
 )
+from vcrd_core.losses.sparse import SparseTeacher, SparseTeacherRows, check_sparse_teacher
 
 #: One chunk's divergence values from teacher and student logits (see :func:`_compiled_values`).
 _ValuesFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -202,8 +203,8 @@ class _Plan:
     """Everything of one call but the three differentiable inputs."""
 
     divergence: DivergenceValue
-    teacher_hidden: torch.Tensor
-    teacher_weight: torch.Tensor
+    teacher_hidden: torch.Tensor | None
+    teacher_weight: torch.Tensor | None
     teacher_bias: torch.Tensor | None
     rows: torch.Tensor
     coefficients: torch.Tensor
@@ -215,6 +216,8 @@ class _Plan:
     compute_dtype: torch.dtype
     autocast: bool
     compiled: _ValuesFn | None = None
+    #: A sparse teacher (top-k + tail bucket, :mod:`vcrd_core.losses.sparse`) instead of hidden states and lm_head.
+    teacher_rows: SparseTeacherRows | None = None
 
 
 def _run(
@@ -232,14 +235,19 @@ def _run(
     cdtype = plan.compute_dtype
     # The matmuls use the lm_head rows up to an aligned width (see _aligned): their extra columns are dropped
     # before anything is computed from the logits, and get a zero gradient.
-    vs, vt = _aligned(vocab, student_weight.shape[0]), _aligned(vocab, plan.teacher_weight.shape[0])
+    vs = _aligned(vocab, student_weight.shape[0])
     ws = student_weight.detach()[:vs].to(cdtype)  # a copy only under autocast with another weight dtype
     bs = None if student_bias is None else student_bias.detach()[:vs]
-    wt = plan.teacher_weight[:vt]
-    if plan.autocast:
-        wt = wt.to(cdtype)  # else the teacher's logits stay in its own dtype, as its own lm_head computes them
-    bt = None if plan.teacher_bias is None else plan.teacher_bias[:vt]
-    s_rows, t_rows = FlatRows(student_hidden.detach()), FlatRows(plan.teacher_hidden)
+    sparse = plan.teacher_rows
+    wt = bt = t_rows = None
+    if sparse is None:
+        assert plan.teacher_weight is not None and plan.teacher_hidden is not None
+        wt = plan.teacher_weight[: _aligned(vocab, plan.teacher_weight.shape[0])]
+        if plan.autocast:
+            wt = wt.to(cdtype)  # else the teacher's logits stay in its own dtype, as its own lm_head computes them
+        bt = None if plan.teacher_bias is None else plan.teacher_bias[: wt.shape[0]]
+        t_rows = FlatRows(plan.teacher_hidden)
+    s_rows = FlatRows(student_hidden.detach())
 
     values = torch.empty(n, dtype=torch.float32, device=device)
     greedy = torch.empty(n, dtype=torch.long, device=device) if want.student_greedy else None
@@ -262,27 +270,31 @@ def _run(
         r = rows[start:stop]
         hs = s_rows.take(r).to(ws.dtype)
         zs = _linear(hs, ws, bs)[:, :vocab]
-        zt = _linear(t_rows.take(r).to(wt.dtype), wt, bt)[:, :vocab]
         if greedy is not None:
             greedy[start:stop] = zs.argmax(-1)
         s32 = zs.float()
         del zs
-        t32 = zt.float()
-        del zt
+        t32 = None
+        if sparse is None:
+            assert wt is not None and t_rows is not None
+            t32 = _linear(t_rows.take(r).to(wt.dtype), wt, bt)[:, :vocab].float()
         with torch.set_grad_enabled(need_any):
             if need_any:
                 s32 = s32.detach().requires_grad_(True)
             teacher_logp = None
-            if plan.compiled is None:
+            if sparse is not None:  # both coarsened to the teacher's top-k ids and a tail bucket
+                teacher_logp, student_logp = sparse.pair(start, r, s32, tau)
+                chunk_values = div.value(teacher_logp, student_logp)
+            elif plan.compiled is None:
+                assert t32 is not None
                 teacher_logp = torch.log_softmax(t32 / tau if tau != 1.0 else t32, dim=-1)
-            if plan.compiled is not None:  # log-softmaxes + divergence (and its backward) as fused kernels
-                student_logp = None
-                chunk_values = plan.compiled(t32, s32)
-            else:
                 if not want.teacher_logits:
-                    del t32  # before the student's log-softmax: one [chunk, V] block fewer at the peak
+                    t32 = None  # before the student's log-softmax: one [chunk, V] block fewer at the peak
                 student_logp = torch.log_softmax(s32 / tau if tau != 1.0 else s32, dim=-1)
                 chunk_values = div.value(teacher_logp, student_logp)
+            else:  # log-softmaxes + divergence (and its backward) as fused kernels
+                student_logp = None
+                chunk_values = plan.compiled(t32, s32)
             if not isinstance(chunk_values, torch.Tensor) or chunk_values.shape != (stop - start,):
                 got = (
                     tuple(chunk_values.shape) if isinstance(chunk_values, torch.Tensor) else type(chunk_values).__name__
@@ -303,8 +315,7 @@ def _run(
                         t32 if want.teacher_logits else None,
                     ),
                 )
-            if want.teacher_logits or plan.compiled is not None:
-                del t32
+            t32 = None
             g = None
             if need_any and chunk_values.requires_grad:  # else: a divergence constant in the student
                 weighted = (chunk_values * plan.coefficients[start:stop]).sum()
@@ -432,8 +443,8 @@ def fused_linear_divergence(
     divergence: DivergenceValue,
     student_hidden: torch.Tensor,
     student_weight: torch.Tensor,
-    teacher_hidden: torch.Tensor,
-    teacher_weight: torch.Tensor,
+    teacher_hidden: torch.Tensor | None,
+    teacher_weight: torch.Tensor | None,
     *,
     rows: torch.Tensor | None = None,
     weights: torch.Tensor | Callable[[RowChunk], torch.Tensor] | None = None,
@@ -444,6 +455,7 @@ def fused_linear_divergence(
     chunk_size: int | None = None,
     want: RowExtras | None = None,
     compile: bool = False,
+    sparse_teacher: SparseTeacher | None = None,
 ) -> FusedLinearOutput:
     """Weighted divergence ``Σ_n c_n D(p_n, q_n)`` from hidden states and lm_heads, never building ``[N, V]`` logits.
 
@@ -470,6 +482,10 @@ def fused_linear_divergence(
             elementwise work over the vocabulary runs as a few fused kernels instead of one pass per operation.
             The first call per divergence and temperature compiles (seconds to a minute); values and gradients
             equal the eager ones up to float32 rounding.
+        sparse_teacher: the teacher as its top-k at each selected row (in the rows' order) instead of
+            ``teacher_hidden`` / ``teacher_weight`` (both None then): both distributions are coarsened to the top-k
+            ids and a tail bucket (:mod:`vcrd_core.losses.sparse`); ``temperature`` must be the cache's; no
+            ``compile``, no teacher-logit extras.
 
     Returns a :class:`FusedLinearOutput`: ``loss`` (differentiable float32 scalar), ``values`` (detached
     ``D_n``) and the extras asked for. Gradients are computed in the forward pass (see the module
@@ -480,23 +496,38 @@ def fused_linear_divergence(
     if not callable(getattr(divergence, "value", None)):
         raise VcrdError(f"{_WHERE}: divergence must be a vcrd_core.DivergenceValue, got {type(divergence).__name__}")
     v_s, _ = _check_matrix("student", student_hidden, student_weight, student_bias)
-    v_t, _ = _check_matrix("teacher", teacher_hidden, teacher_weight, teacher_bias)
-    if teacher_hidden.shape[:-1] != student_hidden.shape[:-1]:
-        raise VcrdError(
-            f"{_WHERE}: teacher_hidden and student_hidden must have the same leading dims "
-            f"(got {tuple(teacher_hidden.shape)} and {tuple(student_hidden.shape)})"
-        )
     device = student_hidden.device
-    if teacher_hidden.device != device:
-        raise VcrdError(
-            f"{_WHERE}: teacher_hidden is on {teacher_hidden.device} but student_hidden on {device}; "
-            "move both to one device"
-        )
+    if sparse_teacher is not None:
+        if teacher_hidden is not None or teacher_weight is not None:
+            raise VcrdError(f"{_WHERE}: give the teacher as hidden states and lm_head or as sparse_teacher, not both")
+        v_t = v_s
+    else:
+        if teacher_hidden is None or teacher_weight is None:
+            raise VcrdError(f"{_WHERE}: teacher_hidden and teacher_weight are needed (or a sparse_teacher)")
+        v_t, _ = _check_matrix("teacher", teacher_hidden, teacher_weight, teacher_bias)
+        if teacher_hidden.shape[:-1] != student_hidden.shape[:-1]:
+            raise VcrdError(
+                f"{_WHERE}: teacher_hidden and student_hidden must have the same leading dims "
+                f"(got {tuple(teacher_hidden.shape)} and {tuple(student_hidden.shape)})"
+            )
+        if teacher_hidden.device != device:
+            raise VcrdError(
+                f"{_WHERE}: teacher_hidden is on {teacher_hidden.device} but student_hidden on {device}; "
+                "move both to one device"
+            )
     vocab = checked_vocab(_WHERE, vocab_size, v_t, v_s, "lm_heads")
     check_temperature_and_chunk_size(_WHERE, temperature, chunk_size)
     m = check_rows(_WHERE, rows, tuple(student_hidden.shape[:-1]))
     rows = torch.arange(m, device=device) if rows is None else rows.to(device).long()
     n = rows.numel()
+    teacher_rows = None
+    if sparse_teacher is not None:
+        check_sparse_teacher(_WHERE, sparse_teacher, n, vocab, temperature)
+        if compile:
+            raise VcrdError(f"{_WHERE}: compile is not available with a sparse teacher (objective.compile: false)")
+        if want is not None and want.teacher_logits:
+            raise VcrdError(f"{_WHERE}: a sparse teacher has no teacher logits to hand to a weight (RowExtras)")
+        teacher_rows = SparseTeacherRows(sparse_teacher.to(device), vocab)
     coefficient_fn = None
     if weights is None:
         coefficients = torch.ones(n, dtype=torch.float32, device=device)
@@ -522,8 +553,8 @@ def fused_linear_divergence(
     autocast = torch.is_autocast_enabled(device.type)
     plan = _Plan(
         divergence=divergence,
-        teacher_hidden=teacher_hidden.detach(),
-        teacher_weight=teacher_weight.detach(),
+        teacher_hidden=None if teacher_hidden is None else teacher_hidden.detach(),
+        teacher_weight=None if teacher_weight is None else teacher_weight.detach(),
         teacher_bias=None if teacher_bias is None else teacher_bias.detach(),
         rows=rows,
         coefficients=coefficients,
@@ -535,6 +566,7 @@ def fused_linear_divergence(
         compute_dtype=torch.get_autocast_dtype(device.type) if autocast else student_weight.dtype,
         autocast=autocast,
         compiled=_compiled_values(divergence, float(temperature)) if compile else None,
+        teacher_rows=teacher_rows,
     )
     grad_on = torch.is_grad_enabled()
     need = (

@@ -128,6 +128,8 @@ class HiddenStreamInputs:
 
     ``teacher_hidden`` ``[B, L, H_t]`` (no gradient) and ``student_hidden`` ``[B, L, H_s]``; ``teacher_head`` /
     ``student_head``: their :class:`LMHead`; ``points`` / ``labels`` / ``weights`` as in :class:`StreamInputs`.
+    With a top-k teacher cache ``teacher_hidden`` is a :class:`~vcrd_core.losses.sparse.SparseTeacher` (its rows in
+    the points' order) and ``teacher_head`` is None.
 
     ``weights`` may also be a callable that makes the weights from the logits of the same pass (weights that
     depend on them, e.g. a :class:`vcrd_core.RowJudge`'s scores): it is called once per chunk of decision
@@ -136,9 +138,9 @@ class HiddenStreamInputs:
     finite, ``>= 0``); the objective applies the reduction and computes the weight statistics afterwards.
     """
 
-    teacher_hidden: torch.Tensor
+    teacher_hidden: torch.Tensor | SparseTeacher
     student_hidden: torch.Tensor
-    teacher_head: LMHead
+    teacher_head: LMHead | None
     student_head: LMHead
     points: DecisionPoints | None = None
     weights: torch.Tensor | Callable[[RowChunk], torch.Tensor] | None = None
@@ -147,7 +149,8 @@ class HiddenStreamInputs:
 
     def __post_init__(self) -> None:
         self.points = _resolve_points(self.points, self.labels, "HiddenStreamInputs")
-        for what in ("teacher_head", "student_head"):
+        sparse = isinstance(self.teacher_hidden, SparseTeacher)
+        for what in ("student_head",) if sparse else ("teacher_head", "student_head"):
             if not isinstance(getattr(self, what), LMHead):
                 raise VcrdError(
                     f"HiddenStreamInputs: {what} must be a vcrd_core.losses.objective.LMHead(weight, bias) "
@@ -455,21 +458,24 @@ class VCRDObjective:
             given: torch.Tensor | Callable[[RowChunk], torch.Tensor] = coefficients
             if deferred:
                 given = _DeferredWeights(inputs.weights, coefficients, weights, f"VCRDObjective ({name} stream)")  # type: ignore[arg-type]
+            sparse = inputs.teacher_hidden if isinstance(inputs.teacher_hidden, SparseTeacher) else None
+            head = inputs.teacher_head
             out = fused_linear_divergence(
                 loss.divergence,
                 inputs.student_hidden,
                 inputs.student_head.weight,
-                inputs.teacher_hidden.detach(),
-                inputs.teacher_head.weight.detach(),
+                None if sparse is not None else inputs.teacher_hidden.detach(),  # type: ignore[union-attr]
+                None if sparse is not None or head is None else head.weight.detach(),
                 rows=points.rows,
                 weights=given,
                 student_bias=inputs.student_head.bias,
-                teacher_bias=None if inputs.teacher_head.bias is None else inputs.teacher_head.bias.detach(),
+                teacher_bias=None if sparse is not None or head is None or head.bias is None else head.bias.detach(),
+                sparse_teacher=sparse,
                 vocab_size=self.vocab_size,
                 temperature=self.temperature,
                 chunk_size=self.chunk_size,
                 want=inputs.want,
-                compile=self.compile,
+                compile=self.compile and sparse is None,  # the compiled chunk reads dense teacher logits
             )
             if deferred:
                 stats = self._weight_stats(name, weights)  # filled in chunk by chunk by _DeferredWeights
@@ -554,7 +560,10 @@ class VCRDObjective:
         vocabularies are checked by the fused-linear engine."""
         where = f"VCRDObjective ({name} stream)"
         points = inputs.decision_points
-        for label, hidden in (("teacher_hidden", inputs.teacher_hidden), ("student_hidden", inputs.student_hidden)):
+        given = [("student_hidden", inputs.student_hidden)]
+        if not isinstance(inputs.teacher_hidden, SparseTeacher):  # a sparse teacher: sparse_teacher's own checks
+            given.insert(0, ("teacher_hidden", inputs.teacher_hidden))
+        for label, hidden in given:
             if not isinstance(hidden, torch.Tensor) or hidden.dim() != 3:
                 got = tuple(hidden.shape) if isinstance(hidden, torch.Tensor) else type(hidden).__name__
                 raise VcrdError(f"{where}: {label} must be [B, L, H], got {got}")

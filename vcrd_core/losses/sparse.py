@@ -134,6 +134,21 @@ class SparseTeacherRows(TeacherRows):
         return teacher_logp, student_logp
 
 
+def check_sparse_teacher(where: str, teacher: SparseTeacher, n: int, vocab_size: int, temperature: float) -> None:
+    """One line if ``teacher`` cannot serve ``n`` decision points over ``vocab_size`` ids at ``temperature``."""
+    if not isinstance(teacher, SparseTeacher):
+        raise VcrdError(f"{where}: the sparse teacher must be a SparseTeacher, got {type(teacher).__name__}")
+    if len(teacher) != n:
+        raise VcrdError(f"{where}: the sparse teacher has {len(teacher)} rows but {n} decision points")
+    if abs(teacher.temperature - float(temperature)) > 1e-12:
+        raise VcrdError(
+            f"{where}: the teacher's log-probabilities were made at temperature {teacher.temperature:g}, the "
+            f"objective runs at {float(temperature):g}; make the cache at the objective's temperature"
+        )
+    if teacher.ids.numel() and int(teacher.ids.max()) >= vocab_size:
+        raise VcrdError(f"{where}: the sparse teacher holds id {int(teacher.ids.max())} >= vocab_size {vocab_size}")
+
+
 def sparse_divergence(
     divergence: DivergenceValue,
     teacher: SparseTeacher,
@@ -158,15 +173,7 @@ def sparse_divergence(
         raise VcrdError(f"{where}: vocab_size={vocab_size!r} is invalid; expected an int in [1, {width}]")
     if torch.unique(rows).numel() != rows.numel():
         raise VcrdError(f"{where}: rows contains duplicate indices; each decision point must appear once")
-    if len(teacher) != rows.numel():
-        raise VcrdError(f"{where}: the sparse teacher has {len(teacher)} rows but {rows.numel()} decision points")
-    if abs(teacher.temperature - float(temperature)) > 1e-12:
-        raise VcrdError(
-            f"{where}: the teacher's log-probabilities were made at temperature {teacher.temperature:g}, the "
-            f"objective runs at {float(temperature):g}; make the cache at the objective's temperature"
-        )
-    if teacher.ids.numel() and int(teacher.ids.max()) >= vocab_size:
-        raise VcrdError(f"{where}: the sparse teacher holds id {int(teacher.ids.max())} >= vocab_size {vocab_size}")
+    check_sparse_teacher(where, teacher, rows.numel(), vocab_size, temperature)
     return divergence_over_rows(
         divergence,
         SparseTeacherRows(teacher.to(student_logits.device), vocab_size),

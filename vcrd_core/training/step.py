@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from vcrd_core.errors import VcrdError
-from vcrd_core.losses.engines import ENGINE_SETTINGS, LogitsEngine, LossEngine, choose_engine
+from vcrd_core.losses.engines import ENGINE_SETTINGS, LossEngine, choose_engine
 from vcrd_core.losses.objective import HiddenStreamInputs, StreamInputs, VCRDObjective
 from vcrd_core.losses.reduction import reduction_count
 from vcrd_core.plan import RunPlan
@@ -198,14 +198,6 @@ class VCRDTrainer(EngineTrainer):
 
         first = batch[self.streams[0]]
         setting = self.loss_engine_setting
-        if self.cached_teacher:  # prepare() refused fused_linear with the cache: no teacher lm_head to fuse with
-            self.engine, self.loss_engine_reason = LogitsEngine(), "the teacher comes from training.teacher_cache"
-            self.loss_engine = self.engine.name
-            plan = self.plan
-            self.sources = {
-                s: weight_source(plan.streams[s], plan.mode, plan.cache_static, self.engine) for s in self.streams
-            }
-            return self.engine
         if setting == "auto" and any(self._needs_logits(s) for s in self.streams):
             setting = "logits"  # config validation refuses fused_linear for these
         self.engine, self.loss_engine_reason = choose_engine(

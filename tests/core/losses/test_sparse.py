@@ -148,3 +148,78 @@ def test_refusals_are_one_line() -> None:
         sparse_divergence(div, bad, student, rows=rows, vocab_size=V)
     with pytest.raises(VcrdError, match=r"k=0 is invalid"):
         topk_teacher(teacher, rows, 0, vocab_size=V)
+
+
+# ---- the fused-linear engine reads the same sparse teacher ----
+
+
+def fused_case(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(B, L, 8, generator=g)
+    w = torch.randn(V + 3, 8, generator=g)  # a padded student lm_head
+    th = torch.randn(B, L, 12, generator=g)
+    tw = torch.randn(V + 1, 12, generator=g) * 0.8
+    return h, w, th, tw
+
+
+def fused_grads(fn, h: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # type: ignore[no-untyped-def]
+    h, w = h.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    loss = fn(h, w)
+    loss.backward()
+    assert h.grad is not None and w.grad is not None
+    return loss.detach(), h.grad, w.grad
+
+
+@pytest.mark.parametrize("k", [4, V])
+@pytest.mark.parametrize("name", ["skl", "srkl", "jsd"])
+def test_the_fused_engine_with_a_sparse_teacher_equals_the_logits_engine_and_at_k_v_the_dense_fused_one(
+    name: str, k: int
+) -> None:
+    from vcrd_core.losses.fused_linear import fused_linear_divergence
+
+    div = vcrd_core.create(vcrd_core.DIVERGENCES, name, {})
+    h, w, th, tw = fused_case(seed=k)
+    coeff = torch.rand(ROWS.numel(), generator=torch.Generator().manual_seed(1))
+    teacher_logits = th @ tw.T
+    sparse = topk_teacher(teacher_logits, ROWS, k, vocab_size=V, temperature=1.2)
+    fused = fused_grads(
+        lambda h_, w_: fused_linear_divergence(
+            div, h_, w_, None, None, rows=ROWS, weights=coeff, vocab_size=V, temperature=1.2, chunk_size=4,
+            sparse_teacher=sparse,
+        ).loss,
+        h, w,
+    )  # fmt: skip
+
+    def through_logits(h_: torch.Tensor, w_: torch.Tensor) -> torch.Tensor:
+        return (coeff * sparse_divergence(div, sparse, h_ @ w_.T, rows=ROWS, vocab_size=V, temperature=1.2)).sum()
+
+    via_logits = fused_grads(through_logits, h, w)
+    for got, want in zip(fused, via_logits, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    if k == V:  # no tail: the dense fused computation from the teacher's hidden states and lm_head
+        dense = fused_grads(
+            lambda h_, w_: fused_linear_divergence(
+                div, h_, w_, th, tw, rows=ROWS, weights=coeff, vocab_size=V, temperature=1.2, chunk_size=4
+            ).loss,
+            h, w,
+        )  # fmt: skip
+        for got, want in zip(fused, dense, strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_the_fused_engine_refuses_a_sparse_teacher_with_what_it_cannot_give() -> None:
+    from vcrd_core.losses.fused_linear import RowExtras, fused_linear_divergence
+
+    div = vcrd_core.create(vcrd_core.DIVERGENCES, "skl", {})
+    h, w, th, tw = fused_case(seed=0)
+    sparse = topk_teacher(th @ tw.T, ROWS, 4, vocab_size=V)
+    with pytest.raises(VcrdError, match="not both"):
+        fused_linear_divergence(div, h, w, th, tw, rows=ROWS, vocab_size=V, sparse_teacher=sparse)
+    with pytest.raises(VcrdError, match="compile is not available with a sparse teacher"):
+        fused_linear_divergence(div, h, w, None, None, rows=ROWS, vocab_size=V, sparse_teacher=sparse, compile=True)
+    with pytest.raises(VcrdError, match="no teacher logits"):
+        fused_linear_divergence(
+            div, h, w, None, None, rows=ROWS, vocab_size=V, sparse_teacher=sparse, want=RowExtras(teacher_logits=True)
+        )
+    with pytest.raises(VcrdError, match="teacher_hidden and teacher_weight are needed"):
+        fused_linear_divergence(div, h, w, None, None, rows=ROWS, vocab_size=V)

@@ -74,18 +74,21 @@ def test_with_k_equal_to_the_vocabulary_the_cached_run_is_the_run_with_a_teacher
         return real(spec, what, *args, **kwargs)
 
     monkeypatch.setattr(run_module, "load_causal_lm", spy)
-    cached = train(setup["cfg"], root / "cached", teacher_cache=str(setup["caches"]["full"]))
-    assert loaded == ["models.student.path"]  # the teacher is never constructed
-    assert cached.teacher is None and cached.loss_engine == "logits"
-    assert exact.teacher is not None
-    losses = [[h["loss"] for h in t.state.log_history if "loss" in h] for t in (exact, cached)]
-    assert len(losses[0]) == 4
-    torch.testing.assert_close(torch.tensor(losses[1]), torch.tensor(losses[0]), rtol=1e-5, atol=1e-6)
-    a, b = dict(exact.model.named_parameters()), dict(cached.model.named_parameters())
-    for name, p in a.items():
-        if p.requires_grad:
-            torch.testing.assert_close(b[name], p, rtol=1e-4, atol=1e-6)
-    assert cached._times.teacher_forward < exact._times.teacher_forward
+    cache = str(setup["caches"]["full"])
+    cached = {engine: train(setup["cfg"], root / f"cached-{engine}", teacher_cache=cache, loss_engine=engine)
+              for engine in ("logits", "fused_linear")}  # fmt: skip
+    assert loaded == ["models.student.path"] * 2  # the teacher is never constructed
+    assert exact.teacher is not None and exact.loss_engine == "fused_linear"  # auto: fused for these models
+    want = [h["loss"] for h in exact.state.log_history if "loss" in h]
+    assert len(want) == 4
+    for engine, run in cached.items():
+        assert run.teacher is None and run.loss_engine == engine
+        got = [h["loss"] for h in run.state.log_history if "loss" in h]
+        torch.testing.assert_close(torch.tensor(got), torch.tensor(want), rtol=1e-5, atol=1e-6)
+        a, b = dict(exact.model.named_parameters()), dict(run.model.named_parameters())
+        for name, p in a.items():
+            if p.requires_grad:
+                torch.testing.assert_close(b[name], p, rtol=1e-4, atol=1e-6)
 
 
 def test_with_a_small_k_the_first_loss_is_the_coarsened_one_never_above_the_exact(setup: dict[str, Any]) -> None:
@@ -126,7 +129,6 @@ def test_what_needs_a_teacher_is_refused_in_one_line_before_any_model_loads(
     ("change", "message"),
     [
         ("on_policy.schedule=steps", "on-policy student rollouts are generated during training"),
-        ("training.loss_engine=fused_linear", "the fused-linear engine does not read a sparse teacher yet"),
     ],
 )
 def test_config_check_reports_what_the_cache_cannot_do(setup: dict[str, Any], change: str, message: str) -> None:
