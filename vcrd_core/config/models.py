@@ -261,8 +261,8 @@ class TrainingConfig(Section):
         None,
         description="A `vcrd teacher-cache` directory: the teacher's top-k distribution at every decision point of the "
         "(static) rollout store, read instead of a teacher forward; no teacher is loaded. Needs static rollouts and "
-        "offline weights (or rules that read no scores); the tail of the teacher's distribution is one extra "
-        "category (README, 'Teacher-free steps').",
+        "offline weights, rules that read no scores, or teacher_likelihood online on the fused-linear engine; the "
+        "tail of the teacher's distribution is one extra category (README, 'Teacher-free steps').",
     )
     loss_engine: Literal["auto", "fused_linear", "logits"] = Field(
         "auto",

@@ -278,6 +278,8 @@ def _run(
         if sparse is None:
             assert wt is not None and t_rows is not None
             t32 = _linear(t_rows.take(r).to(wt.dtype), wt, bt)[:, :vocab].float()
+        elif want.teacher_logits:  # for a row judge: the cached distribution, its tail spread evenly
+            t32 = sparse.teacher.dense_logp(start, stop, vocab)
         with torch.set_grad_enabled(need_any):
             if need_any:
                 s32 = s32.detach().requires_grad_(True)
@@ -485,7 +487,8 @@ def fused_linear_divergence(
         sparse_teacher: the teacher as its top-k at each selected row (in the rows' order) instead of
             ``teacher_hidden`` / ``teacher_weight`` (both None then): both distributions are coarsened to the top-k
             ids and a tail bucket (:mod:`vcrd_core.losses.sparse`); ``temperature`` must be the cache's; no
-            ``compile``, no teacher-logit extras.
+            ``compile``. Teacher-logit extras are the cached log-probabilities with the tail spread evenly over
+            the other ids (:meth:`~vcrd_core.losses.sparse.SparseTeacher.dense_logp`).
 
     Returns a :class:`FusedLinearOutput`: ``loss`` (differentiable float32 scalar), ``values`` (detached
     ``D_n``) and the extras asked for. Gradients are computed in the forward pass (see the module
@@ -525,8 +528,6 @@ def fused_linear_divergence(
         check_sparse_teacher(_WHERE, sparse_teacher, n, vocab, temperature)
         if compile:
             raise VcrdError(f"{_WHERE}: compile is not available with a sparse teacher (objective.compile: false)")
-        if want is not None and want.teacher_logits:
-            raise VcrdError(f"{_WHERE}: a sparse teacher has no teacher logits to hand to a weight (RowExtras)")
         teacher_rows = SparseTeacherRows(sparse_teacher.to(device), vocab)
     coefficient_fn = None
     if weights is None:

@@ -27,6 +27,7 @@ the tail do), so a run whose objective temperature differs is refused.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -58,6 +59,17 @@ class SparseTeacher:
     def tail_mass(self) -> torch.Tensor:
         """``[n]``: the share of the teacher's probability outside its top-k."""
         return self.tail.exp()
+
+    def dense_logp(self, start: int, stop: int, vocab: int) -> torch.Tensor:
+        """Rows ``start:stop`` as full ``[c, vocab]`` float32 log-probabilities, the tail mass spread evenly over the
+        ``vocab - k`` ids outside the top-k (each gets ``log(p_tail / (vocab - k))``, never above the k-th
+        probability, so the top-k of the result is the cached one). What a judge that reads teacher logits (a
+        ``RowJudge`` in the fused pass: ``teacher_likelihood``) gets from a cache: exact at the top-k ids."""
+        ids, logp = self.ids[start:stop].long(), self.logp[start:stop].float()
+        rest = vocab - self.k
+        tail = self.tail[start:stop].float()
+        fill = tail - math.log(rest) if rest > 0 else torch.full_like(tail, float("-inf"))
+        return fill[:, None].expand(ids.shape[0], vocab).clone().scatter_(1, ids, logp)
 
     def to(self, device: torch.device | str) -> SparseTeacher:
         return SparseTeacher(self.ids.to(device), self.logp.to(device), self.tail.to(device), self.temperature)

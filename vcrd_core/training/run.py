@@ -50,6 +50,7 @@ from vcrd_core.training.data import RolloutCollator, RolloutExamples, rows_from_
 from vcrd_core.training.evaluation import PeriodicEvaluation
 from vcrd_core.training.on_policy import StudentRollouts, steps_per_epoch
 from vcrd_core.training.step import VCRDTrainer
+from vcrd_core.training.weight_sources import InPassWeights
 
 
 def world_size() -> int:
@@ -220,16 +221,24 @@ class PreparedRun:
 
 def check_teacher_cache_setup(plan: RunPlan) -> None:
     """A run that reads the teacher from its top-k cache runs no teacher, so nothing else may need one (one line
-    each, before any model loads): online scoring (the teacher's proposals and logits) and a divergence reading the
-    teacher's log-probability of every rollout token (on-policy rollouts and the fused-linear engine: the config's
-    own validation)."""
+    each, before any model loads): online scoring other than a row judge in the fused-linear pass (the teacher's
+    proposals, its ``[B, L, V]`` logits) and a divergence reading the teacher's log-probability of every rollout
+    token (on-policy rollouts: the config's own validation)."""
     where = "training.teacher_cache"  # on-policy rollouts and fused_linear: refused by the config's validation
-    online = [k for k, s in plan.computed().items() if s.rule.uses_scores() and plan.mode != "offline"]
-    if online:
+    online = {k: s for k, s in plan.computed().items() if s.rule.uses_scores() and plan.mode != "offline"}
+    for name, s in online.items():
+        if not InPassWeights.applies(s):  # its judge reads the teacher's proposals or the whole [B, L, V] logits
+            judge = s.judge.name if s.judge is not None else "none"
+            raise ConfigError(
+                where, f"online scoring of the {name} stream with the judge '{judge}' reads the teacher's logits "
+                "or proposals, which the cache does not hold; only a row judge scored inside the loss pass "
+                "(teacher_likelihood) runs online with it; score the store offline (`vcrd score`, scoring.mode: "
+                "offline) or train without the cache",
+            )  # fmt: skip
+    if online and plan.config.training.loss_engine == "logits":
         raise ConfigError(
-            where, f"online scoring of the {', '.join(online)} stream reads the teacher's logits (its proposals, "
-            "teacher_likelihood); score the store offline (`vcrd score`, scoring.mode: offline) or train without "
-            "the cache",
+            where, f"online scoring of the {', '.join(online)} stream from the cache is made inside the fused-linear "
+            "loss pass; set training.loss_engine to auto or fused_linear",
         )  # fmt: skip
     for name, s in plan.computed().items():
         if s.divergence.uses_sequence_stats:
@@ -310,8 +319,8 @@ def build_trainer(
     args = training_arguments(prepared.training_kwargs)
     plan = prepared.plan
     context = JudgeContext.for_run(config, tokenizer=tokenizer, device=args.device, dtype=dtype, vocab_size=vocab_size)
-    if config.training.teacher_cache is None:  # with the cache every weight is the store's: no judge runs (an
-        plan.load_judges(context, computed_only=True)  # mc_value judge would load its completer, the teacher)
+    if config.training.teacher_cache is None or plan.mode != "offline":  # with the cache and offline weights no
+        plan.load_judges(context, computed_only=True)  # judge runs (an mc_value judge would load the teacher)
     trainer = trainer_class(
         model=student,
         args=args,

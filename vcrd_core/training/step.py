@@ -216,6 +216,14 @@ class VCRDTrainer(EngineTrainer):
         self.sources = {
             s: weight_source(plan.streams[s], plan.mode, plan.cache_static, self.engine) for s in self.streams
         }
+        if self.cached_teacher:
+            for s, source in self.sources.items():
+                if source.scores_in_step and plan.streams[s].rule.uses_scores():  # a judge outside the fused pass
+                    raise VcrdError(
+                        f"training.teacher_cache: online scoring of the {s} stream from the cache is made inside the "
+                        f"fused-linear loss pass, which is not possible here ({self.loss_engine_reason}); score "
+                        "offline or train without the cache"
+                    )
         return self.engine
 
     def _needs_logits(self, stream: str) -> bool:

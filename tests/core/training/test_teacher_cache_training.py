@@ -100,10 +100,33 @@ def test_with_a_small_k_the_first_loss_is_the_coarsened_one_never_above_the_exac
     assert first[1] > 0.2 * first[0]  # ... but most of the divergence is in the top 3 of a 17-id vocabulary
 
 
+def test_online_teacher_likelihood_from_a_full_cache_is_the_run_with_a_teacher(setup: dict[str, Any]) -> None:
+    """VCRD-Prob online: the judge reads the cached distribution inside the fused pass (r_s, r_t exact at k = V)."""
+    root = setup["root"]
+    cfg = {**setup["cfg"], "weighting": {"name": "log_clamp"}, "judge": {"name": "teacher_likelihood"}}
+    exact = train(cfg, root / "prob-exact")
+    cached = train(cfg, root / "prob-cached", teacher_cache=str(setup["caches"]["full"]))
+    assert cached.teacher is None and cached.loss_engine == exact.loss_engine == "fused_linear"
+    histories = [[h for h in t.state.log_history if "loss" in h] for t in (exact, cached)]
+    for key in ("loss", "teacher_prefix/weight_mean", "student_prefix/weight_mean"):
+        want = torch.tensor([h[key] for h in histories[0]])
+        got = torch.tensor([h[key] for h in histories[1]])
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(torch.tensor([h["teacher_prefix/weight_mean"] for h in histories[0]]), torch.tensor(1.0))
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"weighting": {"name": "ratio"}, "judge": {"name": "oracle"}}, "online scoring of the"),
+        ({"weighting": {"name": "ratio"}, "judge": {"name": "oracle"}}, "with the judge 'oracle' reads the teacher's"),
+        (
+            {
+                "weighting": {"name": "log_clamp"},
+                "judge": {"name": "teacher_likelihood"},
+                "training": {"loss_engine": "logits"},
+            },
+            "is made inside the fused-linear loss pass; set training.loss_engine to auto",
+        ),
         ({"objective": {"temperature": 2.0}}, "was made with another temperature than this run's"),
         (
             {"objective": {"student_prefix": {"divergence": {"name": "srkl_adaptive"}}}},
