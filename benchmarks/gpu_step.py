@@ -86,6 +86,9 @@ GENERATION_PARTS = ("generation", "sync")
 VARIANTS = ("constant", "offline_vcrd", "online_teacher_likelihood", "online_prm_value_head")
 #: Opt-in (``--variants``): online teacher_likelihood with the student rollouts generated every step.
 ON_POLICY_VARIANTS = ("on_policy_hf", "on_policy_vllm")
+#: Opt-in: the same steps with the teacher's top-k (``--cache-k``) precomputed, as ``training.teacher_cache`` reads
+#: it (no teacher forward in the step; the one-time teacher pass is reported as ``cache_seconds``).
+CACHED_VARIANTS = ("constant_cached", "online_teacher_likelihood_cached")
 LABELS = {
     "constant": "constant (SKL+SRKL)",
     "offline_vcrd": "offline VCRD",
@@ -93,6 +96,8 @@ LABELS = {
     "online_prm_value_head": "online prm_value_head",
     "on_policy_hf": "on-policy hf, online teacher_likelihood",
     "on_policy_vllm": "on-policy vllm colocated, online teacher_likelihood",
+    "constant_cached": "constant, top-k teacher cache",
+    "online_teacher_likelihood_cached": "online teacher_likelihood, top-k teacher cache",
 }
 
 #: Qwen2.5-1.5B's and Qwen2.5-7B's config.json values (the architecture; dtype and ids are set below).
@@ -168,7 +173,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
     ap.add_argument("--steps", type=int, default=5, help="timed steps (default 5)")
     ap.add_argument("--full-finetune", action="store_true", help="train every weight (training.lora.enabled: false)")
-    choices = (*VARIANTS, *ON_POLICY_VARIANTS)
+    choices = (*VARIANTS, *ON_POLICY_VARIANTS, *CACHED_VARIANTS)
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {', '.join(choices)}")
     ap.add_argument(
         "--loss-engine",
@@ -177,6 +182,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="set training.loss_engine (default: left to the config's default)",
     )
     ap.add_argument("--compile", action="store_true", help="objective.compile: torch.compile the fused loss chunks")
+    ap.add_argument("--cache-k", type=int, default=64, help="k of the *_cached variants' teacher top-k (default 64)")
     ap.add_argument("--peak-tflops", type=float, default=None, help="peak dense bf16 TFLOP/s for MFU")
     ap.add_argument("--json", type=Path, default=None, help="write the results here as JSON")
     ap.add_argument("--workdir", type=Path, default=None, help="scratch directory (default: a new temporary one)")
@@ -384,6 +390,7 @@ def variant_sections(
             "on_policy": {"schedule": "steps", "generator": generator},
             "rollouts": {"max_new_tokens": args.response_length, "temperature": 1.0},
         }, False
+    name = name.removesuffix("_cached")  # the cache changes where the teacher comes from, not the sections
     if name == "constant":
         return {"weighting": {"name": "constant"}, "judge": None}, False
     if name == "offline_vcrd":
@@ -528,6 +535,12 @@ def run_variant(
     total = args.warmup + args.steps
     rows = rollout_rows(args.batch * total, args.prompt_length, args.response_length, tokenizer, offline)
     prepared = prepare(config, resume=False, rows=rows)
+    cache_seconds = None
+    if name in CACHED_VARIANTS:
+        t0 = time.perf_counter()
+        config, prepared = with_teacher_cache(config, prepared, rows, teacher, args, device, len(tokenizer))
+        cache_seconds = time.perf_counter() - t0
+        log(f"{name}: teacher top-{args.cache_k} of {len(rows)} rollouts in {cache_seconds:.1f} s")
     # accelerate wraps a prepared model's forward (autocast, fp32 outputs): unwrap the shared teacher first
     teacher.__dict__.pop("forward", None)
     teacher.__dict__.pop("_original_forward", None)
@@ -536,7 +549,7 @@ def run_variant(
     t0 = time.perf_counter()
     student = build_model(student_config, device, seed=1)  # fresh per variant: LoRA is applied once
     costs["student"] = model_cost(student, lm_head=True)
-    trainer = build_trainer(config, prepared, teacher=teacher, student=student)
+    trainer = build_trainer(config, prepared, teacher=None if cache_seconds is not None else teacher, student=student)
     build_seconds = time.perf_counter() - t0
     bodies = [getattr(s.judge, "body", None) for s in trainer.plan.streams.values()]
     body = next((b for b in bodies if b is not None), None)  # a PRM's transformer body (streams share the judge)
@@ -568,6 +581,8 @@ def run_variant(
     parts = {p: median([s.get(f"time/{p}", 0.0) for s in timed]) for p in (*PARTS, *GENERATION_PARTS)}
     tps = median([s["tokens_per_second"] for s in timed])
     flops = policy_flops(args, costs["teacher"], costs["student"])
+    if cache_seconds is not None:
+        flops["teacher_forward"] = 0.0  # the step runs no teacher (its one pass is cache_seconds)
     flops["judge"] = 0.0
     judge_tokens = judge_pairs = 0.0
     if counter is not None and counter.per_step:
@@ -597,6 +612,7 @@ def run_variant(
         "flops_per_step": {**{k: v for k, v in flops.items() if k != "tokens"}, "total": total_flops},
         "nonfinite_steps": int(max((s.get("nonfinite_steps", 0) for s in steps), default=0)),
         "final_loss": steps[-1].get("loss") if steps else None,
+        "cache_seconds": cache_seconds,
     }
     if name in ON_POLICY_VARIANTS:
         result["generation_tokens_per_second"] = median([s["on_policy/tokens_per_second"] for s in timed])
@@ -607,6 +623,50 @@ def run_variant(
             result["standalone_vllm_tokens_per_second"] = standalone_vllm_speed(config, tokenizer, rows, args)
     del trainer, student, body, bodies, prepared
     return result
+
+
+def with_teacher_cache(
+    config: Any,
+    prepared: Any,
+    rows: list[dict],
+    teacher: Any,
+    args: argparse.Namespace,
+    device: torch.device,
+    vocab: int,
+) -> tuple[Any, Any]:
+    """What ``vcrd teacher-cache`` + ``training.teacher_cache`` give a run, in memory (the benchmark's teacher and
+    rollouts exist only here): one no-grad teacher pass over the rows, their top-k per decision point, attached to
+    the prepared dataset; the config then names a cache, so the trainer builds no teacher."""
+    import dataclasses
+
+    import numpy as np
+
+    from vcrd_core.losses.sparse import topk_teacher
+    from vcrd_core.rollouts.sequences import RolloutSequence, StreamBatch
+    from vcrd_core.rollouts.teacher_cache import TeacherCache, sequence_digest
+
+    cached: dict[tuple[str, int, int], tuple[Any, Any, Any]] = {}
+    digests: dict[tuple[str, int, int], int] = {}
+    for start in range(0, len(rows), args.batch):
+        part = rows[start : start + args.batch]
+        batch = StreamBatch.of([RolloutSequence(r["prompt_token_ids"], r["response_token_ids"]) for r in part], 0)
+        batch = batch.to(device)
+        with torch.no_grad():
+            logits = teacher(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            sparse = topk_teacher(logits, batch.points.rows, args.cache_k, vocab_size=vocab)
+        del logits
+        offset = 0
+        for r, n in zip(part, batch.points.counts.tolist(), strict=True):
+            key = (r["role"], int(r["prompt_index"]), int(r["sample_index"]))
+            sl = slice(offset, offset + n)
+            cached[key] = (sparse.ids[sl].int().cpu().numpy(), sparse.logp[sl].half().cpu().numpy(),
+                           sparse.tail[sl].cpu().numpy().astype(np.float32))  # fmt: skip
+            digests[key] = sequence_digest(r["prompt_token_ids"], r["response_token_ids"])
+            offset += n
+    cache = TeacherCache(Path("in-memory"), {"k": sparse.k, "temperature": 1.0}, cached, digests)
+    prepared.dataset.set_teacher_cache(cache)
+    config = config.model_copy(update={"training": config.training.model_copy(update={"teacher_cache": "in-memory"})})
+    return config, dataclasses.replace(prepared, plan=dataclasses.replace(prepared.plan, config=config))
 
 
 def standalone_vllm_speed(config: Any, tokenizer: Any, rows: list[dict], args: argparse.Namespace) -> float:

@@ -110,3 +110,26 @@ def test_tiny_cpu_on_policy_variant_reports_generation_and_sync(tmp_path: Path) 
     assert finite_positive(v["generation_tokens_per_second"])
     assert 0 < v["generated_tokens_per_step"] <= BATCH * RESPONSE
     assert "| on-policy variant | step (s) | generation (s) |" in proc.stdout
+
+
+@pytest.mark.slow
+def test_tiny_cpu_cached_variants_run_no_teacher_forward(tmp_path: Path) -> None:
+    out = tmp_path / "result.json"
+    variants_arg = "constant,constant_cached,online_teacher_likelihood_cached"
+    proc = run("--device", "cpu", "--tiny", "--variants", variants_arg, "--warmup", "1", "--steps", "2",
+               "--cache-k", "16", "--json", str(out), "--workdir", str(tmp_path))  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    variants = json.loads(out.read_text())["variants"]
+    teacher_forward = variants["constant"]["time_seconds"]["teacher_forward"]
+    assert teacher_forward > 0
+    for name in ("constant_cached", "online_teacher_likelihood_cached"):
+        v = variants[name]
+        assert "error" not in v, v
+        assert v["time_seconds"]["teacher_forward"] < 0.05 * teacher_forward  # only the timer's own syncs
+        assert v["flops_per_step"]["teacher_forward"] == 0
+        assert finite_positive(v["cache_seconds"]) and finite_positive(v["step_seconds"])
+        assert v["loss_engine"] == "fused_linear"
+    # same rollouts, student and constant weights: the coarsened divergences are below the exact ones (a random
+    # teacher is near-uniform, so most of its mass is in the tail bucket of a top-16)
+    exact, cached = variants["constant"]["final_loss"], variants["constant_cached"]["final_loss"]
+    assert 0 < cached < exact
