@@ -293,7 +293,7 @@ def choose_engine(
         else:
             runs = wrapped_student if wrapped_student is not None else student
             reason = check_decoder_heads(teacher, runs, pair, sample[0], sample[1], autocast)
-    if reason and setting == "fused_linear":  # (pair[1] may be a reason string only when reason is set)
+    if reason and setting == "fused_linear":
         raise VcrdError(f"training.loss_engine: fused_linear is not possible here: {reason}; use auto or logits")
     if reason:
         if setting == "auto":

@@ -224,7 +224,7 @@ def check_teacher_cache_setup(plan: RunPlan) -> None:
     each, before any model loads): online scoring other than a row judge in the fused-linear pass (the teacher's
     proposals, its ``[B, L, V]`` logits) and a divergence reading the teacher's log-probability of every rollout
     token (on-policy rollouts: the config's own validation)."""
-    where = "training.teacher_cache"  # on-policy rollouts and fused_linear: refused by the config's validation
+    where = "training.teacher_cache"  # on-policy rollouts: refused by the config's own validation
     online = {k: s for k, s in plan.computed().items() if s.rule.uses_scores() and plan.mode != "offline"}
     for name, s in online.items():
         if not InPassWeights.applies(s):  # its judge reads the teacher's proposals or the whole [B, L, V] logits
