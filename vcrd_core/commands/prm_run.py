@@ -25,6 +25,8 @@ def _judge_specs(values: list[str]) -> dict[str, dict]:
             spec = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise VcrdError(f"--judge {label}: SPEC is not YAML ({str(exc).splitlines()[0]})") from None
+        if label.strip() in specs:
+            raise VcrdError(f"--judge {label.strip()}: this label is given twice; give each judge its own label")
         specs[label.strip()] = {"name": spec} if isinstance(spec, str) else spec
     return specs
 

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if summary["tail_mass_mean"] is not None:
         console().print(
-            f"mean teacher mass outside the top-{summary['identity']['k']}: {summary['tail_mass_mean']:.4f} (the "
-            "error of the tail bucket grows with it; README 'Teacher-free steps')"
+            f"mean teacher mass outside the top-{summary['identity']['k']}: {100 * summary['tail_mass_mean']:.2f}% "
+            "(the error of the tail bucket grows with it; README 'Teacher-free steps')"
         )
     return 0

@@ -166,12 +166,18 @@ def build_teacher_cache(
     atomic_write_text(root / CACHE_FILE, json.dumps({"identity": identity, "complete": False}, indent=2) + "\n")
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    teacher = load_causal_lm(config.models.teacher, "models.teacher.path").to(device).eval()
-    pad_id = pad_token_id(found.tokenizer)
     layout = store.layout()
+    missing = [
+        r
+        for r in layout.roles
+        for c in range(layout.num_chunks)
+        if not (root / "data" / f"{r}-{c:06d}.parquet").is_file()
+    ]
+    # a finished cache loads no teacher again
+    teacher = load_causal_lm(config.models.teacher, "models.teacher.path").to(device).eval() if missing else None
+    pad_id = pad_token_id(found.tokenizer)
     start = time.perf_counter()
     points = written = 0
-    tail_sum = 0.0
     for role in layout.roles:
         with progress(console, "rollouts") as bar:
             label = f"teacher top-{identity['k']} on {role} rollouts' prompts"
@@ -187,6 +193,7 @@ def build_teacher_cache(
                     batch_rows = rows[b : b + batch_size]
                     seqs = [RolloutSequence(r["prompt_token_ids"], r["response_token_ids"]) for r in batch_rows]
                     batch = StreamBatch.of(seqs, pad_id).to(device)
+                    assert teacher is not None
                     with torch.no_grad():
                         logits = teacher(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
                     sparse = topk_teacher(logits, batch.points.rows, k, vocab_size=vocab, temperature=temperature)
@@ -197,16 +204,22 @@ def build_teacher_cache(
                             {"prompt_index": r["prompt_index"], "sample_index": r["sample_index"], "digest": digest,
                              **record}
                         )  # fmt: skip
-                    tail_sum += float(sparse.tail.double().exp().sum())
                     points += sum(counts)
                 part.parent.mkdir(parents=True, exist_ok=True)
                 with atomic_path(part) as tmp:
                     pq.write_table(pa.Table.from_pylist(records, schema=SCHEMA), tmp)
                 written += 1
                 bar.update(task, advance=len(layout.span(c)))
-    size = sum(p.stat().st_size for p in (root / "data").glob("*.parquet"))
-    counts = [pq.read_table(p, columns=["points"])["points"].to_pylist() for p in (root / "data").glob("*.parquet")]
+    parts = sorted((root / "data").glob("*.parquet"))
+    size = sum(p.stat().st_size for p in parts)
+    tables = [pq.read_table(p, columns=["points", "tail"]) for p in parts]
+    counts = [t["points"].to_pylist() for t in tables]
     total = sum(len(c) for c in counts)
+    tail_sum = sum(
+        float(np.exp(np.frombuffer(b, dtype="<f4").astype(np.float64)).sum())
+        for t in tables
+        for b in t["tail"].to_pylist()
+    )  # over every cached point (a resumed run's too)
     summary = {
         "identity": identity,
         "complete": True,
@@ -216,7 +229,7 @@ def build_teacher_cache(
         "points_written": points,
         "points": sum(sum(c) for c in counts),
         "bytes": size,
-        "tail_mass_mean": tail_sum / points if points else None,  # over the points written by this run
+        "tail_mass_mean": tail_sum / sum(sum(c) for c in counts) if total else None,
         "seconds": round(time.perf_counter() - start, 3),
     }
     atomic_write_text(root / CACHE_FILE, json.dumps(summary, indent=2) + "\n")
@@ -269,7 +282,7 @@ class TeacherCache:
             if json.loads(json.dumps(wanted[key])) != self.identity.get(key):
                 raise VcrdError(
                     f"teacher cache '{self.root}' was made with another {key.replace('_', ' ')} than this run's; "
-                    "make it again with `vcrd teacher-cache CONFIG --overwrite`"
+                    f"make it again with `vcrd teacher-cache CONFIG --out {self.root} --k {self.k} --overwrite`"
                 )
 
     def sparse(

@@ -237,7 +237,8 @@ def check_teacher_cache_setup(plan: RunPlan) -> None:
             )  # fmt: skip
     if online and plan.config.training.loss_engine == "logits":
         raise ConfigError(
-            where, f"online scoring of the {', '.join(online)} stream from the cache is made inside the fused-linear "
+            where, f"online scoring of the {', '.join(online)} stream{'s' if len(online) > 1 else ''} from the cache "
+            "is made inside the fused-linear "
             "loss pass; set training.loss_engine to auto or fused_linear",
         )  # fmt: skip
     for name, s in plan.computed().items():

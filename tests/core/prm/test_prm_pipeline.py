@@ -260,3 +260,9 @@ def test_bad_training_and_report_arguments_are_one_line_before_any_work(pipeline
     )  # fmt: skip
     assert bins.returncode == 2 and "--bins: expected an integer >= 1, got 0" in bins.stderr
     assert not (root / "c0").exists()
+    twice = run_vcrd(
+        "prm", "calibrate", str(root / "run.yaml"), "--labels", str(root / "labels"), "--out", str(root / "c1"),
+        "--judge", "a=oracle", "--judge", "a=teacher_likelihood",
+    )  # fmt: skip
+    assert twice.returncode != 0 and "--judge a: this label is given twice" in twice.stderr
+    assert "Traceback" not in twice.stderr and not (root / "c1").exists()

@@ -96,6 +96,12 @@ def test_an_interrupted_run_resumes_without_gaps_or_duplicates(setup: dict[str, 
     again = run_vcrd("teacher-cache", str(root / "run.yaml"), "--k", str(K), "--out", str(copy), "--batch-size", "3")
     assert again.returncode == 0, again.stderr[-2000:]
     assert "(2 parts written now)" in " ".join(again.stdout.split())
+    once_more = run_vcrd("teacher-cache", str(root / "run.yaml"), "--k", str(K), "--out", str(copy))
+    printed = " ".join(once_more.stdout.split())
+    assert once_more.returncode == 0 and "(0 parts written now)" in printed  # finished: no teacher pass at all
+    assert f"mean teacher mass outside the top-{K}:" in printed  # over every cached point, not only new ones
+    info = json.loads((copy / CACHE_FILE).read_text())
+    assert info["tail_mass_mean"] == pytest.approx(json.loads((cache_dir / CACHE_FILE).read_text())["tail_mass_mean"])
     a, b = TeacherCache.open(cache_dir), TeacherCache.open(copy)
     assert a.rows.keys() == b.rows.keys()
     for key in a.rows:
