@@ -65,6 +65,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="a judge to report, SPEC as YAML: a name or {name: ..., params: {...}} (repeatable)",
     )
     cal.add_argument("--out", required=True, metavar="DIR", help="report directory")
-    cal.add_argument("--split", default="test", choices=("train", "validation", "test"))
-    cal.add_argument("--bins", type=positive_int, default=10, help="equal-width bins of the ECE and the diagram")
-    cal.add_argument("--batch-size", type=positive_int, default=16)
+    cal.add_argument(
+        "--split", default="test", choices=("train", "validation", "test"), help="labels to report on (default test)"
+    )
+    cal.add_argument(
+        "--bins", type=positive_int, default=10, help="equal-width bins of the ECE and the diagram (default 10)"
+    )
+    cal.add_argument("--batch-size", type=positive_int, default=16, help="rollouts per judge call (default 16)")

@@ -446,6 +446,8 @@ def run_train(
         "scoring_mode": config.scoring.mode,
         "static_scoring_seconds": trainer.static_scoring_seconds,
         "resumed_from": str(checkpoint) if checkpoint else None,
+        # the teacher's distributions: a forward each step, or a top-k cache (no teacher loaded)
+        "teacher": {"cache": config.training.teacher_cache, "loaded": trainer.teacher is not None},
         "examples": len(prepared.dataset),
         "examples_left_out": {
             "prompt_fills_max_length": prepared.dataset.too_long,

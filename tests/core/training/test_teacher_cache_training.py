@@ -5,6 +5,7 @@ one line before any model loads."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -162,3 +163,15 @@ def test_config_check_reports_what_the_cache_cannot_do(setup: dict[str, Any], ch
     )  # fmt: skip
     assert result.returncode != 0 and message in " ".join(result.stderr.split()), result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_vcrd_train_from_the_cache_says_so_in_its_summary(setup: dict[str, Any]) -> None:
+    root = setup["root"]
+    out = root / "cli-cached"
+    result = run_vcrd(
+        "train", str(root / "run.yaml"), "--set", f"training.teacher_cache={setup['caches']['k3']}",
+        "--set", "training.max_steps=2", "--set", f"output.dir={out}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["teacher"] == {"cache": str(setup["caches"]["k3"]), "loaded": False}
