@@ -641,22 +641,16 @@ def with_teacher_cache(
 
     import numpy as np
 
-    from vcrd_core.losses.sparse import topk_teacher
-    from vcrd_core.rollouts.sequences import RolloutSequence, StreamBatch
-    from vcrd_core.rollouts.teacher_cache import TeacherCache, sequence_digest
+    from vcrd_core.rollouts.teacher_cache import TeacherCache, sequence_digest, teacher_topk_batches
 
     cached: dict[tuple[str, int, int], tuple[Any, Any, Any]] = {}
     digests: dict[tuple[str, int, int], int] = {}
-    for start in range(0, len(rows), args.batch):
-        part = rows[start : start + args.batch]
-        batch = StreamBatch.of([RolloutSequence(r["prompt_token_ids"], r["response_token_ids"]) for r in part], 0)
-        batch = batch.to(device)
-        with torch.no_grad():
-            logits = teacher(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-            sparse = topk_teacher(logits, batch.points.rows, args.cache_k, vocab_size=vocab)
-        del logits
+    passes = teacher_topk_batches(
+        teacher, rows, k=args.cache_k, vocab=vocab, temperature=1.0, pad_id=0, device=device, batch_size=args.batch
+    )
+    for part, sparse, counts in passes:
         offset = 0
-        for r, n in zip(part, batch.points.counts.tolist(), strict=True):
+        for r, n in zip(part, counts, strict=True):
             key = (r["role"], int(r["prompt_index"]), int(r["sample_index"]))
             sl = slice(offset, offset + n)
             cached[key] = (sparse.ids[sl].int().cpu().numpy(), sparse.logp[sl].half().cpu().numpy(),

@@ -488,6 +488,7 @@ class VCRDObjective:
                     f"{where}: the divergence '{loss.divergence.name}' reads the teacher's log-probability of every "
                     "rollout token, which a top-k teacher cache does not hold; train with the teacher's logits"
                 )
+            params: dict[str, torch.Tensor] = {}
             values = sparse_divergence(
                 loss.divergence,
                 inputs.teacher_logits,
@@ -497,21 +498,22 @@ class VCRDObjective:
                 temperature=self.temperature,
                 chunk_size=self.chunk_size,
             )
-            coefficients, count = row_coefficients(weights, points.batch, self.reduction)
-            return StreamOutput((coefficients * values.to(torch.float32)).sum(), count, num_points, loss.lam, stats)
-        params = (
-            self._row_parameters(where, loss.divergence, inputs, points) if loss.divergence.uses_sequence_stats else {}
-        )
-        values = chunked_divergence(
-            loss.divergence,
-            inputs.teacher_logits.detach(),
-            student,
-            rows=points.rows,  # the logits row t-1 of each decision point t (the logits are not copied)
-            vocab_size=self.vocab_size,
-            temperature=self.temperature,
-            chunk_size=self.chunk_size,
-            row_params=params,
-        )
+        else:
+            params = (
+                self._row_parameters(where, loss.divergence, inputs, points)
+                if loss.divergence.uses_sequence_stats
+                else {}
+            )
+            values = chunked_divergence(
+                loss.divergence,
+                inputs.teacher_logits.detach(),
+                student,
+                rows=points.rows,  # the logits row t-1 of each decision point t (the logits are not copied)
+                vocab_size=self.vocab_size,
+                temperature=self.temperature,
+                chunk_size=self.chunk_size,
+                row_params=params,
+            )
         # the same reduction as the fused engine's: loss_sum = sum_n c_n D_n (vcrd_core.losses.reduction)
         coefficients, count = row_coefficients(weights, points.batch, self.reduction)
         out = StreamOutput((coefficients * values.to(torch.float32)).sum(), count, num_points, loss.lam, stats)

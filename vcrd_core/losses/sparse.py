@@ -34,7 +34,13 @@ import torch
 
 from vcrd_core.errors import VcrdError
 from vcrd_core.losses.chunked import TeacherRows, divergence_over_rows
-from vcrd_core.losses.inputs import DivergenceValue, FlatRows, check_rows, check_temperature_and_chunk_size
+from vcrd_core.losses.inputs import (
+    DivergenceValue,
+    FlatRows,
+    check_rows,
+    check_temperature_and_chunk_size,
+    default_chunk_size,
+)
 
 
 @dataclass(frozen=True)
@@ -93,7 +99,7 @@ def topk_teacher(
     check_temperature_and_chunk_size("topk_teacher", temperature, chunk_size)
     check_rows("topk_teacher", rows, tuple(logits.shape[:-1]))
     k = min(k, vocab_size)
-    chunk = chunk_size or max(1, 2**25 // max(1, vocab_size))
+    chunk = chunk_size or default_chunk_size(vocab_size)
     flat = FlatRows(logits.detach(), vocab_size)
     rows = rows.to(logits.device).long()
     n = rows.numel()

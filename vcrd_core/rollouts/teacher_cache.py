@@ -23,6 +23,7 @@ import json
 import shutil
 import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,9 +114,34 @@ def decode_row(row: dict[str, Any], k: int, logp_dtype: str = "float16") -> tupl
     return ids, logp, tail
 
 
-def _check_identity(root: Path, identity: dict[str, Any], overwrite: bool) -> None:
-    """Refuse a directory made with another setup (unless ``overwrite``: then its parts go, after the cache is
-    marked incomplete, so an interruption never leaves a "complete" cache without parts)."""
+def teacher_topk_batches(
+    teacher: torch.nn.Module,
+    rows: list[dict[str, Any]],
+    *,
+    k: int,
+    vocab: int,
+    temperature: float,
+    pad_id: int,
+    device: torch.device,
+    batch_size: int,
+) -> Iterator[tuple[list[dict[str, Any]], SparseTeacher, list[int]]]:
+    """One no-grad teacher pass over rollout ``rows``, ``batch_size`` at a time: per batch its rows, the teacher's
+    top-k at their decision points (in order) and each row's number of points."""
+    for b in range(0, len(rows), batch_size):
+        batch_rows = rows[b : b + batch_size]
+        seqs = [RolloutSequence(r["prompt_token_ids"], r["response_token_ids"]) for r in batch_rows]
+        batch = StreamBatch.of(seqs, pad_id).to(device)
+        with torch.no_grad():
+            logits = teacher(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        sparse = topk_teacher(logits, batch.points.rows, k, vocab_size=vocab, temperature=temperature)
+        del logits  # one [B, L, V] block at a time, not kept while the caller stores the rows
+        yield batch_rows, sparse, batch.points.counts.tolist()
+
+
+def _check_identity(root: Path, identity: dict[str, Any], overwrite: bool) -> bool:
+    """Refuse a directory made with another setup, unless ``overwrite``; returns whether its parts are stale (the
+    caller deletes them after marking the cache incomplete, so an interruption never leaves a "complete" cache
+    without parts)."""
     info_file = root / CACHE_FILE
     if root.exists() and not root.is_dir():
         raise VcrdError(f"--out '{root}' exists and is not a directory")
@@ -128,10 +154,10 @@ def _check_identity(root: Path, identity: dict[str, Any], overwrite: bool) -> No
                 raise VcrdError(
                     f"teacher cache '{root}' was made with another {differs}; choose another --out or pass --overwrite"
                 )
-            atomic_write_text(info_file, json.dumps({"identity": identity, "complete": False}, indent=2) + "\n")
-            shutil.rmtree(root / "data", ignore_errors=True)
+            return True
     elif root.exists() and any(root.iterdir()):
         raise VcrdError(f"--out '{root}' is not empty and holds no teacher cache; choose another directory")
+    return False
 
 
 def build_teacher_cache(
@@ -161,9 +187,11 @@ def build_teacher_cache(
     temperature = float(config.objective.temperature)
     root = Path(out) if out is not None else default_dir(config)
     identity = cache_identity(config, store, k=k, temperature=temperature, vocab=vocab, logp_dtype=logp_dtype)
-    _check_identity(root, identity, overwrite)
+    stale = _check_identity(root, identity, overwrite)
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(root / CACHE_FILE, json.dumps({"identity": identity, "complete": False}, indent=2) + "\n")
+    if stale:
+        shutil.rmtree(root / "data", ignore_errors=True)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     layout = store.layout()
@@ -189,15 +217,12 @@ def build_teacher_cache(
                     continue
                 rows = store.read_chunk(role, c).to_pylist()
                 records = []
-                for b in range(0, len(rows), batch_size):
-                    batch_rows = rows[b : b + batch_size]
-                    seqs = [RolloutSequence(r["prompt_token_ids"], r["response_token_ids"]) for r in batch_rows]
-                    batch = StreamBatch.of(seqs, pad_id).to(device)
-                    assert teacher is not None
-                    with torch.no_grad():
-                        logits = teacher(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-                    sparse = topk_teacher(logits, batch.points.rows, k, vocab_size=vocab, temperature=temperature)
-                    counts = batch.points.counts.tolist()
+                assert teacher is not None
+                passes = teacher_topk_batches(
+                    teacher, rows, k=k, vocab=vocab, temperature=temperature, pad_id=pad_id, device=device,
+                    batch_size=batch_size,
+                )  # fmt: skip
+                for batch_rows, sparse, counts in passes:
                     for r, record in zip(batch_rows, encode_rows(sparse, counts, logp_dtype), strict=True):
                         digest = sequence_digest(r["prompt_token_ids"], r["response_token_ids"])
                         records.append(
